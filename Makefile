@@ -1,0 +1,46 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh Debian machine:
+# they create .venv and install redis-server (and, for the end-to-end tests, Prometheus,
+# Alertmanager and redis_exporter) with apt-get when missing.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SYSTEM_PACKAGES := redis-server redis-tools prometheus prometheus-alertmanager prometheus-redis-exporter
+
+.PHONY: install system-deps demo test test-fast lint format typecheck check bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: system-deps $(VENV)/.installed  ## venv with the project and its test tools, plus redis-server etc.
+
+system-deps:  ## install the Debian packages the demo and tests run (needs root or sudo)
+	@./scripts/ensure-system-deps $(SYSTEM_PACKAGES)
+
+demo: install  ## the main job on the embedded default: no Slack, no external services
+	$(BIN)/python -m bot.demo
+
+test: install  ## the full test suite (real redis-server; end-to-end with Prometheus and Alertmanager)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not e2e" -x
+
+lint: $(VENV)/.installed  ## ruff, ruff format --check, mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+check: $(VENV)/.installed  ## validate the example config and the bundled playbooks
+	$(BIN)/python -m bot check --config examples/bot.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

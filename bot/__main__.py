@@ -1,0 +1,364 @@
+"""Command line: ``python -m bot`` (also installed as ``remediation-bot``).
+
+Commands follow the contract in the design: serve, check, run, incidents, approve, deny, plus audit
+and kill-switch. Errors are one clear message on stderr and a non-zero exit code, never a traceback:
+0 success, 1 error or problems found, 2 usage, 3 nothing to decide / already decided.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import socket
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bot import __version__
+from bot.alerts import Alert
+from bot.config import Config, load_config
+from bot.errors import AlreadyDecided, BotError, ConfigError, NotFound, Problem
+from bot.logs import setup_logging
+from bot.playbook import PlaybookSet, load_playbooks
+from bot.redisconn import RedisTarget, default_name, redact_url
+from bot.store import IngestItem, Store
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFLICT = 0, 1, 2, 3
+
+EPILOG = """\
+examples:
+  remediation-bot check --config bot.yaml
+  remediation-bot serve --config bot.yaml --port 8080
+  remediation-bot run redis-memory-high --config bot.yaml --target redis://127.0.0.1:6379/0 --dry-run
+  remediation-bot incidents --config bot.yaml --json
+  remediation-bot approve 12 --config bot.yaml
+environment:
+  BOT_WEBHOOK_TOKEN   bearer token Alertmanager must send to POST /alerts (unset: no auth)
+  SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET, SLACK_APP_TOKEN   Slack (unset: console notifier)
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="remediation-bot",
+        description="Runs the Redis runbook: Alertmanager alerts -> playbooks -> diagnostics -> approved fixes.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_, description=help_)
+        c.add_argument(
+            "--config", "-c", required=True, type=Path, metavar="FILE", help="the bot's YAML config"
+        )
+        c.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        return c
+
+    s = cmd("serve", "Run the service: webhook, runner, Slack, scheduler.")
+    s.add_argument("--host", help="listen address (default: server.host in the config, 127.0.0.1)")
+    s.add_argument("--port", type=int, help="listen port (default: server.port in the config, 8080)")
+    s.add_argument("--log-json", action="store_true", help="structured JSON logs on stderr")
+    s.set_defaults(log_level="INFO")
+
+    cmd("check", "Validate the config and every playbook; list all problems.")
+
+    r = cmd("run", "Run a playbook by hand against a target; actions still need approval.")
+    r.add_argument("playbook", help="playbook name (see `check`)")
+    r.add_argument(
+        "--target", "-t", help="Redis URL or target name from the config (default: the only target)"
+    )
+    r.add_argument("--dry-run", action="store_true", help="actions only report their plan")
+    r.add_argument("--json", action="store_true", help="print the incident as JSON at the end")
+
+    i = cmd("incidents", "List incidents, newest first.")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--open", action="store_true", help="only incidents still being worked on")
+    i.add_argument("--limit", type=int, default=50)
+    i.add_argument("id", nargs="?", type=int, help="show one incident in full")
+
+    for verb in ("approve", "deny"):
+        d = cmd(verb, f"{verb.capitalize()} the step waiting for approval in incident ID.")
+        d.add_argument("id", type=int, help="incident id (see `incidents`)")
+        d.add_argument("--as", dest="actor", help="who decides (default: cli:USER@HOST)")
+        d.add_argument("--json", action="store_true")
+
+    a = cmd("audit", "Show the audit trail (append-only).")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("--incident", type=int)
+    a.add_argument("--limit", type=int, default=200)
+
+    k = cmd("kill-switch", "Stop (on) or allow (off) every action at once, across all processes.")
+    k.add_argument("state", choices=["on", "off", "status"])
+    k.add_argument("--reason", default="")
+    return p
+
+
+def _load(path: Path) -> tuple[Config, PlaybookSet]:
+    """Config and playbooks, with the problems of both reported together."""
+    problems: list[Problem] = []
+    config = load_config(path)
+    try:
+        playbooks = load_playbooks(config.playbooks)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        raise ConfigError(problems) from None
+    return config, playbooks
+
+
+def _actor(given: str | None) -> str:
+    if given:
+        return given
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def _print_incident_line(inc: Any) -> None:
+    pending = f"  waiting: {inc.pending_step['id']} ({inc.pending_step['type']})" if inc.pending_step else ""
+    print(
+        f"#{inc.id:<5} {inc.created_at}  {inc.status:<18} {inc.alert_status:<8} {inc.alertname:<24}"
+        f" {inc.target or '-'}{pending}"
+    )
+
+
+def _print_incident(inc: Any) -> None:
+    print(f"Incident #{inc.id}: {inc.alertname} ({inc.alert_status}), status {inc.status}")
+    print(f"  target: {inc.target or '-'}   playbook: {inc.playbook or '-'}   started: {inc.starts_at}")
+    if inc.note:
+        print(f"  note: {inc.note}")
+    for s in inc.steps:
+        print(f"  [{s.status}] {s.step_id} ({s.step_type}): {s.summary}")
+        if s.error and s.error != s.summary:
+            print(f"      error: {s.error}")
+    if inc.pending_step:
+        print(
+            f"  waiting for approval: {inc.pending_step['id']} -> remediation-bot approve {inc.id} --config ..."
+        )
+
+
+async def _with_store(config: Config) -> Store:
+    return await Store(config.state_file).open()
+
+
+async def cmd_incidents(args: argparse.Namespace, config: Config) -> int:
+    store = await _with_store(config)
+    try:
+        if args.id is not None:
+            inc = await store.get_incident(args.id)
+            if args.json:
+                print(inc.model_dump_json(indent=2))
+            else:
+                _print_incident(inc)
+            return EXIT_OK
+        incidents = await store.list_incidents(limit=args.limit, open_only=args.open)
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps([i.model_dump(mode="json") for i in incidents], indent=2))
+    elif not incidents:
+        print("no incidents")
+    else:
+        for inc in incidents:
+            _print_incident_line(inc)
+    return EXIT_OK
+
+
+async def cmd_decide(args: argparse.Namespace, config: Config, playbooks: PlaybookSet, approve: bool) -> int:
+    from bot.chat.console import ConsoleNotifier
+    from bot.runner import Runner
+
+    store = await _with_store(config)
+    notifier = ConsoleNotifier(stream=sys.stderr if args.json else sys.stdout, config_path=args.config)
+    runner = Runner(config, playbooks, store, notifier)
+    try:
+        report = await runner.decide(args.id, _actor(args.actor), approve)
+    finally:
+        await runner.stop()
+        await store.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "incident": report.incident_id,
+                    "approval": report.approval.id,
+                    "state": str(report.approval.state),
+                    "executed": report.executed,
+                    "message": report.message,
+                    **report.extra,
+                }
+            )
+        )
+    else:
+        print(f"incident #{report.incident_id}: {report.message}")
+    return EXIT_OK
+
+
+async def cmd_audit(args: argparse.Namespace, config: Config) -> int:
+    store = await _with_store(config)
+    try:
+        entries = await store.list_audit(limit=args.limit, incident_id=args.incident)
+    finally:
+        await store.close()
+    if args.json:
+        print(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
+        return EXIT_OK
+    for e in entries:
+        inc = f"#{e.incident_id}" if e.incident_id is not None else "-"
+        detail = ", ".join(f"{k}={v}" for k, v in e.detail.items() if v not in (None, "", [], {}))
+        who = e.actor or "-"
+        ph = f" plan={e.plan_hash[:12]}" if e.plan_hash else ""
+        print(f"{e.ts} {e.kind:<18} {inc:<6} {who:<28} {e.target or '-'}{ph}  {detail}")
+    return EXIT_OK
+
+
+async def cmd_kill_switch(args: argparse.Namespace, config: Config) -> int:
+    from bot.runner import KILL_SWITCH
+
+    store = await _with_store(config)
+    try:
+        if args.state == "status":
+            value = await store.get_setting(KILL_SWITCH)
+        else:
+            value = f"on since {datetime.now(UTC):%Y-%m-%d %H:%M}Z by {_actor(None)}"
+            if args.reason:
+                value += f": {args.reason}"
+            await store.set_setting(KILL_SWITCH, value if args.state == "on" else None, actor=_actor(None))
+            value = value if args.state == "on" else None
+    finally:
+        await store.close()
+    if config.guardrails.kill_switch:
+        print("kill switch: ON in the config file (guardrails.kill_switch)")
+    print(f"kill switch: {'ON (' + value + ')' if value else 'off'}")
+    return EXIT_OK
+
+
+def _resolve_target(config: Config, given: str | None) -> tuple[str, int | None, RedisTarget]:
+    """A target for a hand-started run: a config target by name or URL, or an ad-hoc URL."""
+    if given is None:
+        plain = [t for t in config.targets if not t.label_names()]
+        if len(plain) != 1:
+            raise BotError("say which target with --target (a Redis URL or a target name from the config)")
+        given = plain[0].name or plain[0].url
+    for i, t in enumerate(config.targets):
+        if given in (t.name, t.url) or (not t.label_names() and redact_url(t.url) == given):
+            rt = t.resolve({}, config.runner.redis_timeout)
+            return rt.name, i, rt
+    if not given.startswith(("redis://", "rediss://", "unix://")):
+        raise BotError(f"--target {given!r} is neither a target name from the config nor a redis:// URL")
+    rt = RedisTarget(name=default_name(given), url=given, timeout=config.runner.redis_timeout)
+    return rt.name, None, rt
+
+
+async def cmd_run(args: argparse.Namespace, config: Config, playbooks: PlaybookSet) -> int:
+    from bot.chat.console import ConsoleNotifier
+    from bot.runner import Runner
+
+    pb = playbooks.get(args.playbook)
+    if pb is None:
+        names = ", ".join(p.name for p in playbooks.playbooks)
+        raise BotError(f"no playbook named {args.playbook!r}; known: {names}")
+    name, index, rt = _resolve_target(config, args.target)
+    labels = {"alertname": pb.matcher.match.get("alertname", pb.name), "bot_target": name}
+    alert = Alert.model_validate(
+        {
+            "status": "firing",
+            "labels": labels,
+            "annotations": {"summary": f"{pb.name} run by hand"},
+            "startsAt": datetime.now(UTC).isoformat(),
+            "fingerprint": f"manual-{datetime.now(UTC).timestamp()}",
+        }
+    )
+    store = await _with_store(config)
+    notifier = ConsoleNotifier(stream=sys.stderr if args.json else sys.stdout, config_path=args.config)
+    runner = Runner(config, playbooks, store, notifier, ad_hoc_targets={name: rt} if index is None else None)
+    try:
+        inc_id = await store.create_incident(
+            IngestItem(alert, pb.name, name, index, "run by hand", "cli"), dry_run=args.dry_run
+        )
+        inc = await runner.run_incident(inc_id)
+    finally:
+        await runner.stop()
+        await store.close()
+    if args.json:
+        print(inc.model_dump_json(indent=2))
+    elif inc.pending_step and index is None:
+        print(
+            f"note: {name} is not in the config, so only this command's process knew its URL;"
+            " add it to `targets` to approve from another process"
+        )
+    return EXIT_OK
+
+
+def cmd_check(config_path: Path) -> int:
+    config, playbooks = _load(config_path)
+    print(f"config OK: {config_path}")
+    print(f"  targets: {len(config.targets)}; state file: {config.state_file}")
+    print(f"  protected patterns: {', '.join(config.protected_patterns)}")
+    print(f"  playbooks ({len(playbooks)}) from {config.playbooks}:")
+    for pb in playbooks.playbooks:
+        gated = sum(1 for s in pb.steps if s.mutating)
+        print(f"    {pb.name:<24} {len(pb.steps)} steps ({gated} need approval)  {pb.description[:60]}")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, config: Config, playbooks: PlaybookSet) -> int:
+    from aiohttp import web
+
+    from bot.app import create_app
+    from bot.chat.console import ConsoleNotifier
+
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    app = create_app(config, playbooks=playbooks, notifier=ConsoleNotifier(config_path=args.config))
+    print(
+        f"remediation-bot {__version__} listening on http://{host}:{port} "
+        f"({len(playbooks)} playbooks, {len(config.targets)} targets, state {config.state_file})",
+        flush=True,
+    )
+    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level, json_format=getattr(args, "log_json", False))
+    try:
+        if args.command == "check":
+            return cmd_check(args.config)
+        config, playbooks = _load(args.config)
+        if args.command == "serve":
+            return cmd_serve(args, config, playbooks)
+        if args.command == "incidents":
+            return asyncio.run(cmd_incidents(args, config))
+        if args.command in ("approve", "deny"):
+            return asyncio.run(cmd_decide(args, config, playbooks, args.command == "approve"))
+        if args.command == "audit":
+            return asyncio.run(cmd_audit(args, config))
+        if args.command == "kill-switch":
+            return asyncio.run(cmd_kill_switch(args, config))
+        if args.command == "run":
+            return asyncio.run(cmd_run(args, config, playbooks))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (AlreadyDecided, NotFound) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFLICT
+    except BotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

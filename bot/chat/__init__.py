@@ -1,0 +1,1 @@
+"""Chat backends implementing :class:`bot.notifier.Notifier`: console (the default) and Slack."""

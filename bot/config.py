@@ -1,0 +1,240 @@
+"""Typed configuration: one YAML file, secrets from the environment, every problem reported at once.
+
+The minimal file is just a list of targets::
+
+    targets:
+      - match: {job: redis}
+        url: redis://127.0.0.1:6379/0
+
+Everything else has a default: the bundled ``playbooks/``, a SQLite state file beside the config,
+and protected key patterns that always include BullMQ's ``bull:*``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bot.durations import Duration
+from bot.errors import ConfigError, Problem, TargetError
+from bot.redisconn import RedisTarget, default_name
+from bot.validation import interpolate_env, load_yaml, validation_problems
+
+BUNDLED_PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
+ALWAYS_PROTECTED = ("bull:*",)
+"""BullMQ's queues: deleting them loses jobs, so no config can unprotect them."""
+
+_TEMPLATE = re.compile(r"\{\{\s*labels\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class StrictModel(BaseModel):
+    """Our own files: unknown keys are errors, so a typo is never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _compile(value: object) -> re.Pattern[str]:
+    if isinstance(value, re.Pattern):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a regular expression string")
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+
+
+Regex = Annotated[re.Pattern[str], BeforeValidator(_compile)]
+
+
+def _parse_bytes(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 512mb or 2gb")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*", value.lower())
+        if m:
+            unit = (m.group(2) or "").rstrip("b").rstrip("i")
+            factor = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[unit]
+            return int(float(m.group(1)) * factor)
+    raise ValueError(f"invalid size {value!r}: use bytes or e.g. 512mb, 2gb")
+
+
+ByteSize = Annotated[int, BeforeValidator(_parse_bytes), Field(gt=0)]
+
+
+class LabelMatcher(StrictModel):
+    """Alert labels that select something: exact values in ``match``, full-match regexes in ``match_re``."""
+
+    match: dict[str, str] = Field(default_factory=dict)
+    match_re: dict[str, Regex] = Field(default_factory=dict)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        if any(labels.get(name) != value for name, value in self.match.items()):
+            return False
+        return all(rx.fullmatch(labels.get(name, "")) is not None for name, rx in self.match_re.items())
+
+
+class TargetConfig(LabelMatcher):
+    """A Redis database and the alerts that concern it.
+
+    Alerts from redis_exporter carry the *exporter's* address in ``instance``; select the target with
+    other labels (``job``, ``service``) or build the URL from a label with ``{{ labels.NAME }}``.
+    """
+
+    name: str | None = None
+    url: str
+    action_url: str | None = Field(
+        default=None, description="Credentials for mutating actions (least privilege for diagnostics)."
+    )
+    maxmemory_ceiling: ByteSize | None = None
+
+    @field_validator("url", "action_url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(_SCHEMES):
+            raise ValueError(f"must start with one of {', '.join(_SCHEMES)}")
+        leftover = _TEMPLATE.sub("", v)
+        if "{{" in leftover or "}}" in leftover:
+            raise ValueError("templates must look like {{ labels.NAME }}")
+        return v
+
+    def label_names(self) -> list[str]:
+        return _TEMPLATE.findall(self.url)
+
+    def resolve(self, labels: dict[str, str], timeout: float = 5.0) -> RedisTarget:
+        """The concrete target for an alert: the URL with ``{{ labels.X }}`` filled from its labels."""
+
+        def fill(url: str) -> str:
+            def repl(m: re.Match[str]) -> str:
+                name = m.group(1)
+                if name not in labels:
+                    raise TargetError(f"target URL needs label {name!r}, which the alert does not have")
+                return labels[name]
+
+            return _TEMPLATE.sub(repl, url)
+
+        url = fill(self.url)
+        return RedisTarget(name=self.name or default_name(url), url=url, timeout=timeout)
+
+
+class ServerConfig(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: ByteSize = 4 * 1024 * 1024
+
+
+class RunnerConfig(StrictModel):
+    concurrency: int = Field(default=4, ge=1, le=64)
+    redis_timeout: Duration = 5.0
+    default_step_timeout: Duration = 60.0
+
+
+class ApprovalConfig(StrictModel):
+    ttl: Duration = 900.0
+    plan_margin: float = Field(default=0.2, ge=0.0, le=10.0)
+
+
+class GuardrailConfig(StrictModel):
+    dry_run: bool = False
+    kill_switch: bool = False
+    max_actions_per_hour: int = Field(default=3, ge=0)
+    pause_after_failures: int = Field(default=2, ge=1)
+    max_keys_per_run: int = Field(default=1_000_000, ge=1)
+
+
+class SlackConfig(StrictModel):
+    channel: str | None = None
+    approvers: list[str] = Field(default_factory=list)
+    approver_group: str | None = None
+
+
+class PrometheusConfig(StrictModel):
+    url: str
+    timeout: Duration = 10.0
+
+
+class Config(StrictModel):
+    """The whole bot configuration. Build it with :func:`load_config`, which reports every problem."""
+
+    targets: list[TargetConfig] = Field(min_length=1)
+    playbooks: Path = BUNDLED_PLAYBOOKS
+    state_file: Path = Path("remediation-bot.sqlite3")
+    protected_patterns: list[str] = Field(default_factory=list)
+    server: ServerConfig = ServerConfig()
+    runner: RunnerConfig = RunnerConfig()
+    approvals: ApprovalConfig = ApprovalConfig()
+    guardrails: GuardrailConfig = GuardrailConfig()
+    slack: SlackConfig = SlackConfig()
+    prometheus: PrometheusConfig | None = None
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("protected_patterns")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not p.strip():
+                raise ValueError("a protected pattern may not be blank")
+        return v
+
+    @model_validator(mode="after")
+    def _always_protect(self) -> Self:
+        merged = list(dict.fromkeys([*ALWAYS_PROTECTED, *self.protected_patterns]))
+        object.__setattr__(self, "protected_patterns", merged)
+        return self
+
+    def target_for(self, labels: dict[str, str]) -> TargetConfig | None:
+        """The first target whose matchers hold for these alert labels."""
+        for t in self.targets:
+            if t.matches(labels):
+                return t
+        return None
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    """Load and validate a config file; raise :class:`ConfigError` listing every problem found.
+
+    Relative paths (playbooks, state file) are taken relative to the config file's folder, so the
+    bot behaves the same whatever directory it is started from.
+    """
+    path = Path(path)
+    file = str(path)
+    problems: list[Problem] = []
+    raw = load_yaml(path, problems)
+    if problems:
+        raise ConfigError(problems)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([Problem(file, "", "expected a mapping at the top level (targets: ...)")])
+    data: dict[str, Any] = interpolate_env(raw, file, problems, env=env)
+    base = path.resolve().parent
+    for key in ("playbooks", "state_file"):
+        if isinstance(data.get(key), str):
+            data[key] = base / data[key]
+    data.setdefault("state_file", base / "remediation-bot.sqlite3")
+    try:
+        config = Config.model_validate({**data, "source": path})
+    except ValidationError as exc:
+        problems.extend(validation_problems(file, exc))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    if not config.playbooks.is_dir():
+        raise ConfigError([Problem(file, "playbooks", f"folder {config.playbooks} does not exist")])
+    return config

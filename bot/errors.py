@@ -1,0 +1,101 @@
+"""One error hierarchy for the whole bot.
+
+Every error the bot raises on purpose derives from :class:`BotError`, so callers at the edges
+(CLI, webhook, Slack) can turn any of them into a clear message instead of a traceback.
+``retryable`` tells whether trying again later can help (a network hiccup) or not (a bad config).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class BotError(Exception):
+    """Root of every error the bot raises on purpose."""
+
+    retryable: bool = False
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation problem: where it is (file and field) and what is wrong."""
+
+    file: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.field}" if self.field else self.file
+        return f"{where}: {self.message}"
+
+
+class ConfigError(BotError):
+    """The config or a playbook is invalid; carries every problem found, not just the first."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        n = len(self.problems)
+        head = f"{n} problem{'s' if n != 1 else ''} found:"
+        return "\n".join([head, *(f"  - {p}" for p in self.problems)])
+
+
+class StoreError(BotError):
+    """The state store could not be read or written (disk full, locked, corrupt)."""
+
+    retryable = True
+
+
+class TargetError(BotError):
+    """No Redis target matches an alert, or a target URL cannot be built from its labels."""
+
+
+class StepError(BotError):
+    """A step failed; the message is meant for a human reading the incident thread."""
+
+
+class StepTimeout(StepError):
+    """A step ran past its timeout and was cancelled."""
+
+    retryable = True
+
+
+class RedisUnavailable(StepError):
+    """Redis could not be reached or did not answer in time."""
+
+    retryable = True
+
+
+class CommandNotAllowed(StepError):
+    """Redis refused a command (ACL, renamed command, or a managed service blocking CONFIG/DEBUG)."""
+
+
+class PlanRefused(StepError):
+    """A mutating action refused to build a plan because it would be unsafe (e.g. protected keys)."""
+
+
+class ApprovalError(BotError):
+    """A decision on an approval could not be taken."""
+
+
+class AlreadyDecided(ApprovalError):
+    """Someone else decided first; tells who and what, so the second clicker knows."""
+
+    def __init__(self, state: str, decided_by: str | None, decided_at: str | None) -> None:
+        self.state = state
+        self.decided_by = decided_by
+        self.decided_at = decided_at
+        who = decided_by or "the bot"
+        when = f" at {decided_at}" if decided_at else ""
+        super().__init__(f"already {state} by {who}{when}")
+
+
+class NotAllowed(ApprovalError):
+    """The person deciding is not an allowed approver for this step."""
+
+
+class NotFound(BotError):
+    """An incident or approval with that id does not exist."""

@@ -1,0 +1,248 @@
+"""Mutating Redis algorithms: estimating and running a pattern eviction, guarded flush, snapshots.
+
+Why not the runbook's ``KEYS "agent:*" | xargs DEL``: KEYS blocks Redis for the whole keyspace walk
+(hundreds of ms on a million keys) and DEL frees big values on the main thread. Here the keyspace is
+walked with ``SCAN MATCH ... COUNT`` and keys are removed with ``UNLINK`` (freed in a background
+thread) in batches, pausing whenever Redis answers slowly, so other clients keep their latency.
+Protected keys are filtered on the bot's side even when the pattern matches them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from bot.keypatterns import key_matcher
+
+ProgressFn = Callable[[str], Awaitable[None]]
+
+SLOW_CALL_S = 0.005
+"""A batch answered slower than this makes the eviction pause as long again (adaptive pacing)."""
+
+
+async def scan_page(client: aioredis.Redis, cursor: int, pattern: str, count: int) -> tuple[int, list[bytes]]:
+    """One SCAN call; our clients use bytes replies (key names may be binary)."""
+    next_cursor, keys = await client.scan(cursor=cursor, match=pattern, count=count)
+    return int(next_cursor), cast(list[bytes], keys)
+
+
+def unix_time(value: object) -> int:
+    """LASTSAVE as an integer, whether redis-py parsed it into a datetime or not."""
+    if isinstance(value, datetime):
+        return int(value.timestamp())
+    return int(cast(int, value))
+
+
+def show_key(key: bytes, limit: int = 80) -> str:
+    text = key.decode("utf-8", "backslashreplace")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class EvictionEstimate:
+    """What a pattern eviction would delete right now (counts exact, bytes from a sample)."""
+
+    matched: int = 0
+    protected: int = 0
+    sampled: int = 0
+    sample_bytes: int = 0
+    samples: list[str] = field(default_factory=list)
+    scanned_calls: int = 0
+
+    @property
+    def deletable(self) -> int:
+        return self.matched - self.protected
+
+    @property
+    def estimated_bytes(self) -> int:
+        if not self.sampled:
+            return 0
+        return int(self.sample_bytes / self.sampled * self.deletable)
+
+
+async def estimate_eviction(
+    client: aioredis.Redis,
+    pattern: str,
+    protected: Sequence[str],
+    *,
+    count: int = 1000,
+    sample_size: int = 500,
+    show: int = 5,
+) -> EvictionEstimate:
+    """Count keys matching ``pattern`` (protected ones apart) and size a random sample of them.
+
+    The count is exact at the time of the scan; bytes are extrapolated from ``MEMORY USAGE`` of a
+    reservoir sample, which is what an approver needs without touching every key twice.
+    """
+    is_protected = key_matcher(protected)
+    est = EvictionEstimate()
+    reservoir: list[bytes] = []
+    seen = 0
+    cursor = 0
+    while True:
+        cursor, keys = await scan_page(client, cursor, pattern, count)
+        est.scanned_calls += 1
+        for key in keys:
+            est.matched += 1
+            if is_protected(key):
+                est.protected += 1
+                continue
+            seen += 1
+            if len(reservoir) < sample_size:
+                reservoir.append(key)
+            else:
+                j = random.randrange(seen)
+                if j < sample_size:
+                    reservoir[j] = key
+        if cursor == 0:
+            break
+    if reservoir:
+        pipe = client.pipeline(transaction=False)
+        for key in reservoir:
+            pipe.memory_usage(key, samples=5)
+        sizes = await pipe.execute(raise_on_error=False)
+        for key, size in zip(reservoir, sizes, strict=True):
+            if isinstance(size, int):
+                est.sampled += 1
+                est.sample_bytes += size
+                if len(est.samples) < show:
+                    est.samples.append(show_key(key))
+    return est
+
+
+@dataclass
+class EvictionResult:
+    deleted: int = 0
+    matched: int = 0
+    protected_skipped: int = 0
+    batches: int = 0
+    pauses: int = 0
+    capped: bool = False
+    duration_s: float = 0.0
+    slowest_call_ms: float = 0.0
+
+
+async def evict(
+    client: aioredis.Redis,
+    pattern: str,
+    protected: Sequence[str],
+    *,
+    max_keys: int,
+    count: int = 1000,
+    batch: int = 500,
+    progress: ProgressFn | None = None,
+    progress_every_s: float = 2.0,
+) -> EvictionResult:
+    """Delete keys matching ``pattern``, never protected ones, at most ``max_keys`` of them.
+
+    SCAN and UNLINK calls are small and sequential; when one is slow (Redis busy), the loop sleeps
+    as long as the call took before the next one, so the eviction yields to the application.
+    """
+    is_protected = key_matcher(protected)
+    res = EvictionResult()
+    started = last_report = time.monotonic()
+    pending: list[bytes] = []
+
+    async def timed(coro: Awaitable[object]) -> object:
+        t0 = time.monotonic()
+        out = await coro
+        took = time.monotonic() - t0
+        res.slowest_call_ms = max(res.slowest_call_ms, took * 1000)
+        if took > SLOW_CALL_S:
+            res.pauses += 1
+            await asyncio.sleep(took)
+        return out
+
+    async def flush(keys: list[bytes]) -> None:
+        if keys:
+            removed = await timed(client.unlink(*keys))
+            res.deleted += int(removed)  # type: ignore[call-overload]
+            res.batches += 1
+
+    cursor = 0
+    while True:
+        cursor, keys = cast(tuple[int, list[bytes]], await timed(scan_page(client, cursor, pattern, count)))
+        for key in keys:
+            res.matched += 1
+            if is_protected(key):
+                res.protected_skipped += 1
+            else:
+                pending.append(key)
+        while len(pending) >= batch or (pending and res.deleted + len(pending) >= max_keys):
+            room = max_keys - res.deleted
+            take = pending[: min(batch, room)]
+            pending = pending[len(take) :]
+            await flush(take)
+            if res.deleted >= max_keys:
+                res.capped = True
+                break
+        if progress is not None and time.monotonic() - last_report >= progress_every_s:
+            last_report = time.monotonic()
+            await progress(
+                f"deleted {res.deleted:,} keys so far ({res.protected_skipped:,} protected skipped)"
+            )
+        if res.capped or cursor == 0:
+            break
+    if not res.capped:
+        await flush(pending[: max(0, max_keys - res.deleted)])
+    res.duration_s = time.monotonic() - started
+    return res
+
+
+async def find_protected(
+    client: aioredis.Redis, protected: Sequence[str], *, limit: int = 100, count: int = 1000
+) -> list[str]:
+    """Up to ``limit`` protected keys present in the database (one SCAN per protected pattern)."""
+    found: list[str] = []
+    for pattern in protected:
+        async for key in client.scan_iter(match=pattern, count=count):
+            found.append(show_key(key))
+            if len(found) >= limit:
+                return found
+    return found
+
+
+async def bgsave_and_wait(client: aioredis.Redis, timeout: float = 120.0, poll: float = 0.2) -> int:  # noqa: ASYNC109
+    """Start a background save and wait until LASTSAVE moves; returns the new LASTSAVE (unix time).
+
+    Raises TimeoutError when the snapshot does not complete in time, and RuntimeError when Redis
+    reports the save failed.
+    """
+    before = await client.lastsave()
+    before_ts = unix_time(before)
+    try:
+        await client.bgsave()
+    except aioredis.ResponseError as exc:
+        if "in progress" not in str(exc).lower():
+            raise
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await asyncio.sleep(poll)
+        now = await client.lastsave()
+        now_ts = unix_time(now)
+        if now_ts > before_ts or (now_ts == before_ts and await _save_done_ok(client, before_ts)):
+            info = await client.info("persistence")
+            if info.get("rdb_last_bgsave_status") not in (None, "ok"):
+                raise RuntimeError(
+                    f"BGSAVE failed: rdb_last_bgsave_status={info.get('rdb_last_bgsave_status')}"
+                )
+            return now_ts
+    raise TimeoutError(f"BGSAVE did not finish within {timeout:.0f}s")
+
+
+async def _save_done_ok(client: aioredis.Redis, before_ts: int) -> bool:
+    """LASTSAVE has a one-second resolution: a save finishing in the same second shows here."""
+    info = await client.info("persistence")
+    return (
+        not info.get("rdb_bgsave_in_progress")
+        and info.get("rdb_last_bgsave_status") == "ok"
+        and int(info.get("rdb_last_save_time", 0)) >= before_ts
+        and int(info.get("rdb_changes_since_last_save", 1)) == 0
+    )

@@ -1,0 +1,159 @@
+"""Incidents, step runs, approvals and audit entries: the engine's records and their states.
+
+An incident is one alert occurrence, identified by (fingerprint, startsAt): Alertmanager re-sends the
+same notification (at-least-once delivery, ``repeat_interval``), and those repeats must be no-ops.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class IncidentState(StrEnum):
+    """Where the bot is with an incident (the alert's own firing/resolved is ``alert_status``)."""
+
+    NEW = "new"
+    DIAGNOSING = "diagnosing"
+    AWAITING_APPROVAL = "awaiting_approval"
+    REMEDIATING = "remediating"
+    DIAGNOSED = "diagnosed"
+    VERIFIED = "verified"
+    FAILED = "failed"
+    ESCALATED = "escalated"
+    RESOLVED = "resolved"
+    UNMATCHED = "unmatched"
+
+
+OPEN_STATES = frozenset(
+    {IncidentState.NEW, IncidentState.DIAGNOSING, IncidentState.AWAITING_APPROVAL, IncidentState.REMEDIATING}
+)
+
+
+class StepStatus(StrEnum):
+    RUNNING = "running"
+    OK = "ok"
+    WARNING = "warning"
+    FAILED = "failed"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"
+    AWAITING_APPROVAL = "awaiting_approval"
+    PLANNED = "planned"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    ESCALATED = "escalated"
+
+
+class ApprovalState(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    EXECUTED = "executed"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+    INTERRUPTED = "interrupted"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class StepRun(BaseModel):
+    id: int
+    incident_id: int | None
+    step_index: int
+    step_id: str
+    step_type: str
+    mutating: bool
+    status: StepStatus
+    summary: str = ""
+    details: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    plan: dict[str, Any] | None = None
+    plan_hash: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+
+
+class Decision(BaseModel):
+    who: str
+    at: str
+    approve: bool
+
+
+class Approval(BaseModel):
+    id: int
+    incident_id: int
+    step_run_id: int
+    step_id: str
+    step_index: int
+    step_type: str
+    plan: dict[str, Any]
+    plan_hash: str
+    state: ApprovalState
+    required: int
+    decisions: list[Decision] = Field(default_factory=list)
+    requested_at: str | None = None
+    expires_at: str | None = None
+    expires_ts: float = 0.0
+    decided_by: str | None = None
+    decided_at: str | None = None
+    chat_ref: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def approvers(self) -> list[str]:
+        return [d.who for d in self.decisions if d.approve]
+
+
+class Incident(BaseModel):
+    id: int
+    fingerprint: str
+    starts_at: str
+    alertname: str
+    alert_status: str
+    status: IncidentState
+    playbook: str | None = None
+    target: str | None = None
+    target_index: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    note: str = ""
+    next_step: int = 0
+    source: str = "alertmanager"
+    dry_run: bool = False
+    created_at: str | None = None
+    updated_at: str | None = None
+    ends_at: str | None = None
+    chat_ref: dict[str, Any] = Field(default_factory=dict)
+    steps: list[StepRun] = Field(default_factory=list)
+    pending_step: dict[str, Any] | None = None
+
+    @property
+    def summary(self) -> str:
+        return self.annotations.get("summary") or self.annotations.get("description") or self.alertname
+
+
+class AuditEntry(BaseModel):
+    id: int
+    ts: str
+    kind: str
+    incident_id: int | None = None
+    actor: str | None = None
+    target: str | None = None
+    plan_hash: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)

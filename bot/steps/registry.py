@@ -1,0 +1,153 @@
+"""The step registry: what a playbook's ``run:`` names, with its parameter model and mutating flag.
+
+Steps are validated when a playbook loads (unknown name, bad parameters), never first at 3 a.m.
+Whether a step mutates is declared at registration and never guessed: the runner refuses to run a
+mutating step without an approval bound to its plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.redisconn import RedisTarget
+
+StepStatus = Literal["ok", "warning", "failed"]
+
+
+class StepParams(BaseModel):
+    """Base of every step's parameters: unknown keys are an error, so typos are caught at load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StepOutput(BaseModel):
+    """What a step returns: a one-line human summary, structured data, and how it went.
+
+    ``status`` is ``ok`` when nothing needs attention, ``warning`` when the step found a problem
+    worth reading (e.g. a slow command), ``failed`` when a check did not hold (e.g. a verification
+    that shows the action did not help). Exceptions are for steps that could not run at all.
+    """
+
+    summary: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    status: StepStatus = "ok"
+    details: str = ""
+
+
+class Plan(BaseModel):
+    """The exact, reviewable plan of a mutating action; an approval is bound to its hash."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: str
+    target: str
+    db: int
+    summary: str
+    pattern: str | None = None
+    estimated_keys: int | None = None
+    estimated_bytes: int | None = None
+    protected_excluded: int | None = None
+    sample_keys: list[str] = Field(default_factory=list)
+    approvers_required: int = 1
+    params: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON form: the same plan always gives the same hash."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+ProgressFn = Callable[[str], Awaitable[None]]
+
+
+async def _no_progress(_message: str) -> None:
+    return None
+
+
+@dataclass
+class StepContext:
+    """What a step may touch: the target's Redis client, the alert's labels, and a progress callback.
+
+    Steps reach Redis (and later Prometheus) only through the clients given here, which keeps them
+    testable against a real server and lets the runner pick least-privilege credentials.
+    """
+
+    target: RedisTarget
+    labels: dict[str, str] = field(default_factory=dict)
+    protected_patterns: tuple[str, ...] = ("bull:*",)
+    progress: ProgressFn = _no_progress
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+P = TypeVar("P", bound=StepParams)
+RunFn = Callable[[StepContext, Any], Awaitable[StepOutput]]
+PlanFn = Callable[[StepContext, Any], Awaitable[Plan]]
+ExecuteFn = Callable[[StepContext, Any, Plan], Awaitable[StepOutput]]
+
+
+@dataclass(frozen=True)
+class StepType:
+    """A registered step type. ``run`` is set for read-only steps, ``plan``/``execute`` for actions."""
+
+    name: str
+    params: type[StepParams]
+    mutating: bool
+    description: str
+    default_timeout: float
+    run: RunFn | None = None
+    plan: PlanFn | None = None
+    execute: ExecuteFn | None = None
+
+
+REGISTRY: dict[str, StepType] = {}
+
+
+def _register(st: StepType) -> None:
+    if st.name in REGISTRY:
+        raise ValueError(f"step {st.name!r} is registered twice")
+    if not st.description:
+        raise ValueError(f"step {st.name!r} needs a docstring: it is shown in `check` and `help`")
+    REGISTRY[st.name] = st
+
+
+def step(
+    name: str, *, params: type[P], timeout: float = 30.0
+) -> Callable[
+    [Callable[[StepContext, P], Awaitable[StepOutput]]], Callable[[StepContext, P], Awaitable[StepOutput]]
+]:
+    """Register a read-only step. Use as a decorator: ``@step("redis.ping", params=PingParams)``."""
+
+    def deco(
+        fn: Callable[[StepContext, P], Awaitable[StepOutput]],
+    ) -> Callable[[StepContext, P], Awaitable[StepOutput]]:
+        doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        _register(StepType(name, params, False, doc, timeout, run=fn))
+        return fn
+
+    return deco
+
+
+def action(
+    name: str, *, params: type[P], plan: Callable[[StepContext, P], Awaitable[Plan]], timeout: float = 300.0
+) -> Callable[
+    [Callable[[StepContext, P, Plan], Awaitable[StepOutput]]],
+    Callable[[StepContext, P, Plan], Awaitable[StepOutput]],
+]:
+    """Register a mutating action: ``plan`` computes the reviewable plan (read-only); the decorated
+    function executes an approved plan."""
+
+    def deco(
+        fn: Callable[[StepContext, P, Plan], Awaitable[StepOutput]],
+    ) -> Callable[[StepContext, P, Plan], Awaitable[StepOutput]]:
+        doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        _register(StepType(name, params, True, doc, timeout, plan=plan, execute=fn))
+        return fn
+
+    return deco

@@ -1,0 +1,499 @@
+"""Guarded remediation against a real redis-server: plans, approvals, guardrails, audit, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from bot.alerts import Notification
+from bot.config import Config, load_config
+from bot.errors import AlreadyDecided, ApprovalError, NotFound
+from bot.eviction import evict
+from bot.incidents import ApprovalState, IncidentState, StepStatus
+from bot.intake import Intake
+from bot.playbook import load_playbooks
+from bot.runner import KILL_SWITCH, Runner
+from bot.store import Store
+from tests.conftest import RecordingNotifier, RedisServer, alert_payload, seed_platform
+
+PLAYBOOK = """\
+name: evict-test
+match: {alertname: TestEvict}
+steps:
+  - {id: memory, run: redis.info, with: {section: memory}}
+  - {id: evict, run: redis.evict, with: {pattern: "agent:*", batch: 100}}
+  - {id: check, run: redis.verify_key_count, with: {pattern: "agent:*", max: 0, within: 5s}}
+  - {id: raise, run: redis.set_maxmemory, with: {factor: 1.5}, when: unresolved}
+"""
+FLUSH = """\
+name: flush-test
+match: {alertname: TestFlush}
+steps:
+  - {id: flush, run: redis.flushdb, with: {snapshot_first: true}}
+"""
+
+
+class Bot:
+    """The engine wired as the service wires it, minus HTTP: intake, runner, store."""
+
+    def __init__(self, config: Config, notifier: RecordingNotifier | None = None) -> None:
+        self.config = config
+        self.playbooks = load_playbooks(config.playbooks)
+        self.notifier = notifier or RecordingNotifier()
+        self.store = Store(config.state_file)
+        self.runner = Runner(config, self.playbooks, self.store, self.notifier)
+        self.intake = Intake(config, self.playbooks, self.store, self.runner)
+
+    async def __aenter__(self) -> Bot:
+        await self.store.open()
+        await self.runner.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.stop()
+        await self.store.close()
+
+    async def fire(self, alertname: str, status: str = "firing", fingerprint: str = "fp-1") -> int:
+        result = await self.intake.receive(
+            Notification.model_validate(alert_payload(alertname, status, fingerprint=fingerprint))
+        )
+        await self.runner.drain()
+        ids = result.new or result.resolved
+        assert ids, result
+        return ids[0]
+
+
+@pytest.fixture
+def bot_config(tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis) -> Any:
+    def make(extra: str = "") -> Config:
+        pb = tmp_path / "playbooks"
+        pb.mkdir(exist_ok=True)
+        (pb / "evict.yaml").write_text(PLAYBOOK)
+        (pb / "flush.yaml").write_text(FLUSH)
+        path = tmp_path / "bot.yaml"
+        path.write_text(
+            f"targets:\n  - match: {{job: redis}}\n    url: {redis_server.url}\n    maxmemory_ceiling: 512mb\n"
+            f"playbooks: playbooks\nprotected_patterns: ['sess:*']\n{extra}"
+        )
+        return load_config(path)
+
+    return make
+
+
+@pytest.fixture
+async def bot(bot_config: Any) -> AsyncIterator[Bot]:
+    async with Bot(bot_config()) as b:
+        yield b
+
+
+def counts(r: redis.Redis) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for key in r.scan_iter(count=1000):
+        prefix = key.split(b":")[0].decode()
+        out[prefix] = out.get(prefix, 0) + 1
+    return out
+
+
+def commands_used(r: redis.Redis) -> set[str]:
+    return {k.removeprefix("cmdstat_") for k in r.info("commandstats")}
+
+
+async def test_evict_removes_exactly_the_unprotected_matches(target: Any, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=3000)
+    redis_sync.set("agent:pinned:1", "keep")
+    redis_sync.set("agentx", "not matched")
+    before = counts(redis_sync)
+    res = await evict(
+        target.client, "agent:*", ["bull:*", "sess:*", "agent:pinned:*"], max_keys=10**6, batch=128
+    )
+    after = counts(redis_sync)
+    assert res.deleted == 3000 and res.protected_skipped == 1 and not res.capped
+    assert after["agent"] == 1 and redis_sync.get("agent:pinned:1") == b"keep"
+    assert {k: v for k, v in after.items() if k != "agent"} == {
+        k: v for k, v in before.items() if k != "agent"
+    }
+    assert redis_sync.exists("agentx")
+    used = commands_used(redis_sync)
+    assert {"scan", "unlink"} <= used
+    assert not used & {"keys", "del", "flushall", "flushdb"}
+
+
+async def test_evict_never_touches_protected_keys_even_when_the_pattern_names_them(
+    target: Any, redis_sync: redis.Redis
+) -> None:
+    seed_platform(redis_sync)
+    res = await evict(target.client, "bull:*", ["bull:*"], max_keys=100)
+    assert res.deleted == 0 and res.protected_skipped == 4
+    assert counts(redis_sync)["bull"] == 4
+
+
+async def test_evict_stops_at_the_cap(target: Any, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=1000)
+    res = await evict(target.client, "agent:*", ["bull:*"], max_keys=250, batch=100)
+    assert res.deleted == 250 and res.capped
+    assert counts(redis_sync)["agent"] == 750
+
+
+async def test_approved_eviction_runs_verifies_and_is_audited(bot: Bot, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=2000)
+    inc_id = await bot.fire("TestEvict")
+    inc = await bot.store.get_incident(inc_id)
+    assert inc.status == IncidentState.AWAITING_APPROVAL
+    pending = inc.pending_step
+    assert pending is not None and pending["id"] == "evict" and pending["type"] == "redis.evict"
+    plan = pending["plan"]
+    assert plan["estimated_keys"] == 2000 and plan["protected_excluded"] == 0
+    assert plan["estimated_bytes"] > 2000 * 50
+    assert plan["pattern"] == "agent:*" and plan["db"] == 0 and len(plan["sample_keys"]) == 5
+    assert counts(redis_sync)["agent"] == 2000, "nothing is deleted before the approval"
+
+    report = await bot.runner.decide(inc_id, "alice", True)
+    assert report.executed and report.result is not None and report.result.data["deleted"] == 2000
+    inc = await bot.store.get_incident(inc_id)
+    assert inc.status == IncidentState.VERIFIED
+    assert [s.step_id for s in inc.steps][-2:] == ["check", "raise"]
+    assert inc.steps[-1].status == StepStatus.SKIPPED, "no further action once the check passed"
+    assert counts(redis_sync) == {"sess": 50, "rl": 30, "bull": 4}
+
+    audit = await bot.store.list_audit(incident_id=inc_id)
+    kinds = [e.kind for e in audit]
+    assert kinds[0] == "alert.received"
+    for kind in ("approval.requested", "approval.decided", "action.executed"):
+        assert kind in kinds
+    executed = next(e for e in audit if e.kind == "action.executed")
+    assert executed.actor == "alice" and executed.plan_hash == pending["plan_hash"]
+    assert executed.detail["keys_affected"] == 2000 and executed.detail["ok"] is True
+    assert executed.detail["duration_s"] >= 0
+    decided = next(e for e in audit if e.kind == "approval.decided")
+    assert decided.actor == "alice" and decided.plan_hash == pending["plan_hash"]
+    steps = [e for e in audit if e.kind == "step.finished"]
+    assert {e.detail["step"] for e in steps} >= {"memory", "evict", "check"}
+
+
+async def test_second_decision_is_told_who_decided(bot: Bot, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=100)
+    inc_id = await bot.fire("TestEvict")
+    await bot.runner.decide(inc_id, "alice", True)
+    with pytest.raises(AlreadyDecided, match="already executed by alice"):
+        await bot.runner.decide(inc_id, "bob", True)
+    executed = [e for e in await bot.store.list_audit(incident_id=inc_id) if e.kind == "action.executed"]
+    assert len(executed) == 1
+
+
+async def test_concurrent_decisions_in_one_process_execute_once(bot: Bot, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=100)
+    inc_id = await bot.fire("TestEvict")
+    results = await asyncio.gather(
+        *(bot.runner.decide(inc_id, f"user{i}", True) for i in range(5)), return_exceptions=True
+    )
+    assert sum(1 for r in results if not isinstance(r, BaseException) and r.executed) == 1
+    assert sum(1 for r in results if isinstance(r, AlreadyDecided)) == 4
+
+
+async def test_concurrent_approvals_from_two_processes_execute_once(
+    bot: Bot, redis_sync: redis.Redis
+) -> None:
+    seed_platform(redis_sync, agents=500)
+    inc_id = await bot.fire("TestEvict")
+    assert bot.config.source is not None
+    cmd = [sys.executable, "-m", "bot", "approve", str(inc_id), "--config", str(bot.config.source), "--json"]
+    procs = [
+        subprocess.Popen([*cmd, "--as", who], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for who in ("carol", "dave")
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 3], outs
+    winner = json.loads(next(o for o, _ in outs if o.strip()))
+    assert winner["executed"] is True
+    loser_err = next(e for (o, e), p in zip(outs, procs, strict=True) if p.returncode == 3)
+    assert "already approved by" in loser_err or "already executed by" in loser_err
+    executed = [e for e in await bot.store.list_audit(incident_id=inc_id) if e.kind == "action.executed"]
+    assert len(executed) == 1
+    assert counts(redis_sync).get("agent", 0) == 0
+
+
+async def test_plan_grown_past_margin_asks_again(bot: Bot, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=1000)
+    inc_id = await bot.fire("TestEvict")
+    first = (await bot.store.get_incident(inc_id)).pending_step
+    assert first is not None
+    seed_platform(redis_sync, agents=3000)  # the cache grew well past the approved 1000 keys (+20%)
+    report = await bot.runner.decide(inc_id, "alice", True)
+    assert not report.executed and "grew from 1000 to 3000" in report.message
+    assert counts(redis_sync)["agent"] == 3000, "nothing deleted on a stale approval"
+    inc = await bot.store.get_incident(inc_id)
+    assert inc.status == IncidentState.AWAITING_APPROVAL
+    assert inc.pending_step is not None and inc.pending_step["plan"]["estimated_keys"] == 3000
+    assert inc.pending_step["plan_hash"] != first["plan_hash"]
+    old = await bot.store.get_approval(first["approval_id"])
+    assert old.state == ApprovalState.SUPERSEDED
+    report = await bot.runner.decide(inc_id, "alice", True)
+    assert report.executed and report.result is not None and report.result.data["deleted"] == 3000
+
+
+async def test_small_growth_within_margin_still_executes(bot: Bot, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=1000)
+    inc_id = await bot.fire("TestEvict")
+    for i in range(50):
+        redis_sync.set(f"agent:new:{i}", "v")
+    report = await bot.runner.decide(inc_id, "alice", True)
+    assert report.executed and report.result is not None and report.result.data["deleted"] == 1050
+
+
+async def test_expired_approval_is_closed_and_cannot_be_used(
+    bot_config: Any, redis_sync: redis.Redis
+) -> None:
+    seed_platform(redis_sync, agents=100)
+    async with Bot(bot_config("approvals: {ttl: 0.5s}\n")) as b:
+        inc_id = await b.fire("TestEvict")
+        await asyncio.sleep(0.7)
+        assert await b.runner.expire_approvals() == 1
+        inc = await b.store.get_incident(inc_id)
+        assert inc.pending_step is None and inc.status == IncidentState.DIAGNOSED
+        assert any(s.status == StepStatus.EXPIRED for s in inc.steps)
+        with pytest.raises(AlreadyDecided, match="already expired"):
+            await b.runner.decide(inc_id, "alice", True)
+        assert any(e.kind == "approval.expired" for e in await b.store.list_audit(incident_id=inc_id))
+    assert counts(redis_sync)["agent"] == 100
+
+
+async def test_deciding_after_the_deadline_expires_it(bot_config: Any, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=10)
+    async with Bot(bot_config("approvals: {ttl: 0.3s}\n")) as b:
+        inc_id = await b.fire("TestEvict")
+        await asyncio.sleep(0.5)
+        with pytest.raises(AlreadyDecided, match="expired"):
+            await b.runner.decide(inc_id, "alice", True)
+    assert counts(redis_sync)["agent"] == 10
+
+
+async def test_pending_approval_survives_a_restart(bot_config: Any, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=200)
+    config = bot_config()
+    async with Bot(config) as b1:
+        inc_id = await b1.fire("TestEvict")
+    async with Bot(config) as b2:
+        inc = await b2.store.get_incident(inc_id)
+        assert inc.status == IncidentState.AWAITING_APPROVAL and inc.pending_step is not None
+        report = await b2.runner.decide(inc_id, "alice", True)
+        assert report.executed
+    assert counts(redis_sync).get("agent", 0) == 0
+
+
+async def test_interrupted_action_is_not_rerun_after_restart(
+    bot_config: Any, redis_sync: redis.Redis
+) -> None:
+    seed_platform(redis_sync, agents=50)
+    config = bot_config()
+    async with Bot(config) as b1:
+        inc_id = await b1.fire("TestEvict")
+        pending = (await b1.store.get_incident(inc_id)).pending_step
+        assert pending is not None
+        outcome = await b1.store.decide(pending["approval_id"], "alice", True)
+        assert outcome.complete
+        # The process dies right after starting the action (step row says running).
+        await b1.store.start_step(inc_id, 1, "evict", "redis.evict", True)
+    async with Bot(config) as b2:
+        inc = await b2.store.get_incident(inc_id)
+        assert inc.status == IncidentState.FAILED and "interrupted" in inc.note
+        assert inc.steps[-1].status == StepStatus.INTERRUPTED
+        ap = await b2.store.get_approval(pending["approval_id"])
+        assert ap.state == ApprovalState.INTERRUPTED
+        with pytest.raises(AlreadyDecided):
+            await b2.runner.decide(inc_id, "bob", True)
+        await b2.runner.drain()
+    assert counts(redis_sync)["agent"] == 50
+
+
+async def test_resolved_alert_cancels_the_pending_approval(bot: Bot, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=100)
+    inc_id = await bot.fire("TestEvict")
+    await bot.fire("TestEvict", "resolved")
+    await asyncio.sleep(0.2)
+    inc = await bot.store.get_incident(inc_id)
+    assert inc.status == IncidentState.RESOLVED and inc.pending_step is None
+    closed = bot.notifier.of("closed")
+    assert closed and closed[-1].state == ApprovalState.CANCELLED
+    with pytest.raises(AlreadyDecided, match="cancelled"):
+        await bot.runner.decide(inc_id, "alice", True)
+    assert counts(redis_sync)["agent"] == 100
+
+
+async def test_circuit_breaker_escalates_after_n_actions(bot_config: Any, redis_sync: redis.Redis) -> None:
+    async with Bot(bot_config("guardrails: {max_actions_per_hour: 1}\n")) as b:
+        seed_platform(redis_sync, agents=20)
+        first = await b.fire("TestEvict", fingerprint="a")
+        assert (await b.runner.decide(first, "alice", True)).executed
+        seed_platform(redis_sync, agents=20)
+        second = await b.fire("TestEvict", fingerprint="b")
+        inc = await b.store.get_incident(second)
+        assert inc.status == IncidentState.ESCALATED and inc.pending_step is None
+        assert "circuit breaker" in inc.note
+        assert any(e.kind == "incident.escalated" for e in await b.store.list_audit(incident_id=second))
+    assert counts(redis_sync)["agent"] == 20
+
+
+async def test_circuit_breaker_pauses_after_consecutive_failures(bot: Bot, redis_sync: redis.Redis) -> None:
+    target = bot.config.targets[0].resolve({}).name
+    for _ in range(2):
+        await bot.store.audit("action.executed", target=target, detail={"ok": False})
+    reason = await bot.runner.guard_reason(target)
+    assert reason is not None and "the last 2 actions" in reason
+
+
+async def test_kill_switch_stops_all_actions(bot: Bot, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=20)
+    inc_id = await bot.fire("TestEvict", fingerprint="k1")
+    await bot.store.set_setting(KILL_SWITCH, "on: testing", actor="ops")
+    report = await bot.runner.decide(inc_id, "alice", True)
+    assert not report.executed and "kill switch" in report.message
+    assert counts(redis_sync)["agent"] == 20
+    second = await bot.fire("TestEvict", fingerprint="k2")
+    assert (await bot.store.get_incident(second)).status == IncidentState.ESCALATED
+
+
+async def test_dry_run_changes_nothing(bot_config: Any, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=300)
+    before = counts(redis_sync)
+    async with Bot(bot_config("guardrails: {dry_run: true}\n")) as b:
+        inc_id = await b.fire("TestEvict")
+        inc = await b.store.get_incident(inc_id)
+    planned = next(s for s in inc.steps if s.step_id == "evict")
+    assert planned.status == StepStatus.PLANNED and planned.plan is not None
+    assert planned.plan["estimated_keys"] == 300
+    assert inc.pending_step is None
+    assert counts(redis_sync) == before
+    assert redis_sync.config_get("maxmemory")["maxmemory"] == "0"
+
+
+async def test_flushdb_refused_while_queue_keys_exist(bot: Bot, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=10)
+    inc_id = await bot.fire("TestFlush")
+    inc = await bot.store.get_incident(inc_id)
+    step = inc.steps[0]
+    assert step.status == StepStatus.ERROR and inc.pending_step is None
+    assert "protected keys exist in db 0" in (step.error or "")
+    assert redis_sync.dbsize() == 94
+
+
+async def test_flushdb_needs_two_distinct_approvers(bot: Bot, redis_sync: redis.Redis) -> None:
+    for i in range(100):
+        redis_sync.set(f"agent:{i}", "v")
+    inc_id = await bot.fire("TestFlush")
+    pending = (await bot.store.get_incident(inc_id)).pending_step
+    assert pending is not None and pending["required_approvals"] == 2
+    first = await bot.runner.decide(inc_id, "alice", True)
+    assert not first.executed and "needs 1 more" in first.message
+    with pytest.raises(ApprovalError, match="needs 2 different approvers"):
+        await bot.runner.decide(inc_id, "alice", True)
+    assert redis_sync.dbsize() == 100
+    second = await bot.runner.decide(inc_id, "bob", True)
+    assert second.executed, second.message
+    assert redis_sync.dbsize() == 0
+    assert "flushdb" in commands_used(redis_sync) and "flushall" not in commands_used(redis_sync)
+    executed = next(e for e in await bot.store.list_audit(incident_id=inc_id) if e.kind == "action.executed")
+    assert executed.detail["approvers"] == ["alice", "bob"]
+
+
+async def test_flushdb_refused_on_a_replica(
+    make_redis: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    from bot.errors import PlanRefused
+    from bot.redisconn import RedisTarget
+    from bot.steps import REGISTRY, StepContext
+
+    replica = make_redis("--replicaof", "127.0.0.1", str(redis_server.port))
+    t = RedisTarget("replica", replica.url)
+    st = REGISTRY["redis.flushdb"]
+    assert st.plan is not None
+    try:
+        with pytest.raises(PlanRefused, match="is a replica"):
+            await st.plan(StepContext(target=t), st.params.model_validate({}))
+    finally:
+        await t.close()
+
+
+async def test_set_maxmemory_is_bounded(target: Any, redis_sync: redis.Redis) -> None:
+    from bot.errors import PlanRefused
+    from bot.steps import REGISTRY, StepContext
+
+    st = REGISTRY["redis.set_maxmemory"]
+    assert st.plan is not None and st.execute is not None
+    used = int(redis_sync.info("memory")["used_memory"])
+    redis_sync.config_set("maxmemory", used * 2)
+    ctx = StepContext(target=target, settings={"maxmemory_ceiling": used * 3})
+    plan = await st.plan(ctx, st.params.model_validate({"factor": 4}))
+    assert plan.params["to"] == used * 3, "capped at the ceiling"
+    out = await st.execute(ctx, st.params.model_validate({"factor": 4}), plan)
+    assert int(redis_sync.config_get("maxmemory")["maxmemory"]) == used * 3
+    assert "Helm" in out.summary
+    with pytest.raises(PlanRefused, match="ceiling"):
+        await st.plan(ctx, st.params.model_validate({"factor": 1.5}))
+    with pytest.raises(PlanRefused, match="not be above used memory"):
+        await st.plan(
+            StepContext(target=target, settings={"maxmemory_ceiling": 10**12}),
+            st.params.model_validate({"to": 1024}),
+        )
+    with pytest.raises(PlanRefused, match="no ceiling"):
+        await st.plan(StepContext(target=target), st.params.model_validate({"factor": 1.5}))
+    seed_platform(redis_sync)
+    with pytest.raises(PlanRefused, match="noeviction"):
+        await st.plan(
+            StepContext(target=target, settings={"maxmemory_ceiling": 10**12}),
+            st.params.model_validate({"factor": 1.5, "policy": "allkeys-lru"}),
+        )
+
+
+async def test_set_maxmemory_on_managed_redis_says_what_to_do(make_redis: Any) -> None:
+    from bot.errors import PlanRefused
+    from bot.redisconn import RedisTarget
+    from bot.steps import REGISTRY, StepContext
+
+    managed = make_redis("--rename-command", "CONFIG", "")
+    t = RedisTarget("managed", managed.url)
+    st = REGISTRY["redis.set_maxmemory"]
+    assert st.plan is not None
+    try:
+        with pytest.raises(PlanRefused, match=r"CONFIG is not allowed.*Helm"):
+            await st.plan(
+                StepContext(target=t, settings={"maxmemory_ceiling": 10**9}),
+                st.params.model_validate({"factor": 1.5}),
+            )
+    finally:
+        await t.close()
+
+
+async def test_bgsave_waits_for_lastsave(target: Any, redis_sync: redis.Redis) -> None:
+    from bot.eviction import bgsave_and_wait
+
+    redis_sync.set("x", "1")
+    before = redis_sync.lastsave()
+    ts = await bgsave_and_wait(target.client, timeout=30)
+    assert ts >= int(before.timestamp())
+    assert redis_sync.info("persistence")["rdb_last_bgsave_status"] == "ok"
+    assert redis_sync.info("persistence")["rdb_changes_since_last_save"] == 0
+
+
+async def test_deciding_an_incident_without_pending_step(bot: Bot, redis_sync: redis.Redis) -> None:
+    with pytest.raises(NotFound):
+        await bot.runner.decide(999, "alice", True)
+
+
+@pytest.mark.parametrize("pattern", ["", "   ", "*", "**", "?*", "[a-z]*", "*:*"])
+def test_match_all_patterns_are_refused_at_load(pattern: str, tmp_path: Path) -> None:
+    from bot.errors import ConfigError
+
+    (tmp_path / "p.yaml").write_text(
+        f"name: p\nmatch: {{alertname: X}}\nsteps:\n  - {{id: e, run: redis.evict, with: {{pattern: '{pattern}'}}}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"steps\[0\].with.pattern"):
+        load_playbooks(tmp_path)

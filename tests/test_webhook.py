@@ -1,0 +1,245 @@
+"""POST /alerts: status codes, persistence before 200, dedupe (also concurrent), resolved updates."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot.app import STORE, create_app
+from bot.config import Config, load_config
+from bot.incidents import IncidentState
+from bot.store import Store
+from tests.conftest import RecordingNotifier, alert_payload, load_fixture_payloads, wait_for, write_config
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, config: Config) -> TestClient:
+    app = create_app(config, notifier=RecordingNotifier(), webhook_token=TOKEN)
+    return await aiohttp_client(app)
+
+
+async def incidents(client: TestClient) -> list[Any]:
+    return await client.app[STORE].list_incidents(limit=1000)
+
+
+async def test_real_alertmanager_payloads_are_accepted(client: TestClient) -> None:
+    for payload in load_fixture_payloads():
+        resp = await client.post("/alerts", json=payload, headers=AUTH)
+        assert resp.status == 200, await resp.text()
+    incs = await incidents(client)
+    by_name = {i.alertname: i for i in incs}
+    assert set(by_name) == {"RedisMemoryUsageHigh", "RedisDown"}
+    assert by_name["RedisMemoryUsageHigh"].alert_status == "resolved"
+    assert by_name["RedisDown"].alert_status == "firing"
+    assert by_name["RedisDown"].labels["instance"] == "127.0.0.1:9121"
+
+
+async def test_answer_comes_after_persisting(client: TestClient) -> None:
+    resp = await client.post("/alerts", json=alert_payload("RedisHitRateLow"), headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 200 and body["accepted"] == 1 and len(body["new_incidents"]) == 1
+    # A separate connection to the file sees the incident at once: it was committed before the answer.
+    other = await Store(client.app[STORE].path).open()
+    try:
+        inc = await other.get_incident(body["new_incidents"][0], steps=False)
+        assert inc.alertname == "RedisHitRateLow"
+    finally:
+        await other.close()
+
+
+async def test_repeats_create_no_new_incident_or_work(client: TestClient) -> None:
+    payload = alert_payload("RedisLatencyHigh")
+    first = await (await client.post("/alerts", json=payload, headers=AUTH)).json()
+    for _ in range(3):
+        again = await (await client.post("/alerts", json=payload, headers=AUTH)).json()
+        assert again["new_incidents"] == [] and again["duplicates"] == 1
+    assert len(await incidents(client)) == 1
+    await wait_for(lambda: _done(client, first["new_incidents"][0]), timeout=20)
+    steps_before = len((await client.app[STORE].get_incident(first["new_incidents"][0])).steps)
+    await client.post("/alerts", json=payload, headers=AUTH)
+    await asyncio.sleep(0.3)
+    assert len((await client.app[STORE].get_incident(first["new_incidents"][0])).steps) == steps_before
+
+
+async def _done(client: TestClient, inc_id: int) -> bool:
+    inc = await client.app[STORE].get_incident(inc_id, steps=False)
+    return inc.status not in (IncidentState.NEW, IncidentState.DIAGNOSING)
+
+
+async def test_concurrent_duplicate_deliveries_make_exactly_one_incident(client: TestClient) -> None:
+    payload = alert_payload("RedisHitRateLow", fingerprint="concurrent01")
+    responses = await asyncio.gather(*(client.post("/alerts", json=payload, headers=AUTH) for _ in range(20)))
+    bodies = [await r.json() for r in responses]
+    assert all(r.status == 200 for r in responses)
+    assert sum(len(b["new_incidents"]) for b in bodies) == 1
+    assert sum(b["duplicates"] for b in bodies) == 19
+    assert len(await incidents(client)) == 1
+
+
+async def test_same_fingerprint_new_start_is_a_new_incident(client: TestClient) -> None:
+    await client.post("/alerts", json=alert_payload("RedisDown", fingerprint="f1"), headers=AUTH)
+    later = alert_payload("RedisDown", fingerprint="f1", starts_at="2026-11-25T21:00:00Z")
+    body = await (await client.post("/alerts", json=later, headers=AUTH)).json()
+    assert len(body["new_incidents"]) == 1
+    assert len(await incidents(client)) == 2
+
+
+async def test_mixed_group_firing_and_resolved(client: TestClient) -> None:
+    fire = alert_payload("RedisHitRateLow", fingerprint="g1")
+    await client.post("/alerts", json=fire, headers=AUTH)
+    resolved = alert_payload("RedisHitRateLow", "resolved", fingerprint="g1")["alerts"][0]
+    other = alert_payload("RedisLatencyHigh", fingerprint="g2")["alerts"][0]
+    group = {**fire, "alerts": [resolved, other]}
+    body = await (await client.post("/alerts", json=group, headers=AUTH)).json()
+    assert len(body["resolved_incidents"]) == 1 and len(body["new_incidents"]) == 1
+    inc = await client.app[STORE].get_incident(body["resolved_incidents"][0], steps=False)
+    assert inc.alert_status == "resolved" and inc.status == IncidentState.RESOLVED
+    assert inc.ends_at is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"version":"4","alerts":[', "body is not valid JSON"),
+        (b"[1, 2]", "expected a JSON object"),
+        (b'{"version": "4"}', "alerts: Field required"),
+        (b'{"version": "3", "alerts": []}', "unsupported webhook version '3'"),
+        (
+            b'{"version": "4", "alerts": [{"status": "firing", "labels": {"a": "b"}}]}',
+            "alerts[0].startsAt: Field required",
+        ),
+        (
+            b'{"version": "4", "alerts": [{"status": "burning", "labels": {"a": "b"}, "startsAt": "2026-01-01T00:00:00Z"}]}',
+            "alerts[0].status: Input should be 'firing' or 'resolved'",
+        ),
+        (b"\xff\xfe", "body is not valid JSON"),
+    ],
+)
+async def test_malformed_payloads_get_400_with_a_reason(client: TestClient, body: bytes, reason: str) -> None:
+    resp = await client.post("/alerts", data=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status == 400
+    assert reason in (await resp.json())["error"]
+
+
+async def test_unknown_fields_are_ignored(client: TestClient) -> None:
+    payload = alert_payload("RedisDown", fingerprint="u1")
+    payload["futureField"] = {"x": 1}
+    payload["alerts"][0]["silencedBy"] = ["abc"]
+    resp = await client.post("/alerts", json=payload, headers=AUTH)
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN}],
+)
+async def test_bad_or_missing_token_gets_401(client: TestClient, headers: dict[str, str]) -> None:
+    resp = await client.post("/alerts", json=alert_payload("RedisDown"), headers=headers)
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert await incidents(client) == []
+
+
+async def test_oversized_body_gets_413(client: TestClient) -> None:
+    big = io.BytesIO(json.dumps({"x": "a" * (8 * 1024 * 1024)}).encode())
+    resp = await client.post("/alerts", data=big, headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status == 413
+
+
+async def test_store_failure_gets_503_so_alertmanager_retries(client: TestClient) -> None:
+    store = client.app[STORE]
+    conn = store._conn
+    assert conn is not None
+    await store._run(conn.execute, "PRAGMA query_only = ON")  # the disk refuses writes
+    try:
+        resp = await client.post("/alerts", json=alert_payload("RedisDown", fingerprint="s1"), headers=AUTH)
+        assert resp.status == 503
+        assert "retry" in (await resp.json())["error"]
+    finally:
+        await store._run(conn.execute, "PRAGMA query_only = OFF")
+    resp = await client.post("/alerts", json=alert_payload("RedisDown", fingerprint="s1"), headers=AUTH)
+    assert resp.status == 200
+
+
+async def test_no_token_configured_means_open(aiohttp_client: Any, config: Config) -> None:
+    client = await aiohttp_client(create_app(config, webhook_token=""))
+    resp = await client.post("/alerts", json=alert_payload("RedisDown"))
+    assert resp.status == 200
+
+
+async def test_unreachable_redis_does_not_delay_the_answer(aiohttp_client: Any, tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    cfg = load_config(
+        write_config(tmp_path, f"redis://127.0.0.1:{free_port()}/0", "runner: {redis_timeout: 1s}\n")
+    )
+    client = await aiohttp_client(create_app(cfg, webhook_token=""))
+    t0 = time.monotonic()
+    body = await (await client.post("/alerts", json=alert_payload("RedisDown"))).json()
+    assert time.monotonic() - t0 < 1.0
+    inc_id = body["new_incidents"][0]
+    await wait_for(lambda: _done(client, inc_id), timeout=15)
+    inc = await client.app[STORE].get_incident(inc_id)
+    assert inc.status == IncidentState.FAILED
+    assert inc.steps[0].status == "error"
+    assert "cannot reach Redis" in (inc.steps[0].error or "")
+
+
+async def test_healthz_and_readyz(client: TestClient) -> None:
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200 and (await ready.json())["playbooks"] == 5
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+alertish = st.fixed_dictionaries(
+    {
+        "version": st.sampled_from(["4", "3", 4]),
+        "alerts": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "status": st.sampled_from(["firing", "resolved", "x"]),
+                    "labels": st.dictionaries(
+                        st.sampled_from(["alertname", "job", "instance"]), st.text(max_size=10)
+                    ),
+                    "startsAt": st.sampled_from(
+                        ["2026-11-25T19:39:47.888Z", "0001-01-01T00:00:00Z", "garbage", ""]
+                    ),
+                    "fingerprint": st.text(max_size=8),
+                },
+                optional={"endsAt": st.text(max_size=30), "annotations": json_values},
+            ),
+            max_size=3,
+        ),
+    },
+    optional={"status": json_values, "groupKey": json_values},
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.binary(max_size=200)
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | alertish.map(lambda v: json.dumps(v).encode())
+)
+async def test_no_input_gives_a_5xx(client: TestClient, body: bytes) -> None:
+    resp = await client.post("/alerts", data=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status in (200, 400), (resp.status, await resp.text())
