@@ -42,6 +42,7 @@ class StepStatus(StrEnum):
     TIMEOUT = "timeout"
     SKIPPED = "skipped"
     AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
     PLANNED = "planned"
     DENIED = "denied"
     EXPIRED = "expired"

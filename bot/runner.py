@@ -517,6 +517,15 @@ class Runner:
                     extra={"asked_again": waiting is not None},
                 )
             await self.store.update_incident(inc.id, state=IncidentState.REMEDIATING)
+            await self.store.finish_step(
+                ap.step_run_id,
+                StepStatus.APPROVED,
+                summary=f"approved by {', '.join(ap.approvers)}: {plan.summary}",
+                plan=ap.plan,
+                plan_hash=ap.plan_hash,
+                audit_target=target.name,
+                actor=who,
+            )
             await self._announce(inc.id)
             run = await self._run_action(inc, step, target, plan, ap, who)
             await self.store.update_incident(inc.id, next_step=ap.step_index + 1)

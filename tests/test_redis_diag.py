@@ -159,7 +159,9 @@ async def test_info_memory_without_limit(target: RedisTarget) -> None:
     assert "policy noeviction" in out.summary
     assert out.data["section"] == "memory"
     assert out.data["info"]["maxmemory"] == 0
-    assert "used_memory:" in out.details
+    assert "used_memory_human:" in out.details
+    assert "total_system_memory" not in out.details, "details show key fields only"
+    assert "total_system_memory" in out.data["info"]
 
 
 async def test_info_memory_warns_at_80_percent_of_maxmemory(

@@ -25,6 +25,7 @@ ICONS = {
     StepStatus.SKIPPED: "skip",
     StepStatus.PLANNED: "plan",
     StepStatus.AWAITING_APPROVAL: "WAIT",
+    StepStatus.APPROVED: "appr",
     StepStatus.DENIED: "deny",
     StepStatus.EXPIRED: "exp ",
     StepStatus.CANCELLED: "canc",

@@ -64,7 +64,7 @@ async def plan_evict(ctx: StepContext, p: EvictParams) -> Plan:
         db=ctx.target.db,
         pattern=p.pattern,
         summary=f"delete {n:,} keys matching {p.pattern} (~{human_bytes(est.estimated_bytes)}){capped}"
-        f" with SCAN+UNLINK; {est.protected:,} protected keys left alone",
+        " with SCAN+UNLINK" + (f"; {est.protected:,} protected keys left alone" if est.protected else ""),
         estimated_keys=n,
         estimated_bytes=int(est.estimated_bytes * n / max(1, est.deletable)),
         protected_excluded=est.protected,

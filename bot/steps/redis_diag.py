@@ -211,6 +211,40 @@ _SECTION_SUMMARIES: dict[str, Callable[[Mapping[str, Any]], Summary]] = {
     "cpu": _cpu_summary,
 }
 _WHOLE = ("all", "everything", "default")
+_KEY_FIELDS: dict[str, tuple[str, ...]] = {
+    "memory": (
+        "used_memory_human",
+        "used_memory_rss_human",
+        "used_memory_peak_human",
+        "maxmemory_human",
+        "maxmemory_policy",
+        "mem_fragmentation_ratio",
+        "used_memory_dataset_perc",
+        "lazyfree_pending_objects",
+    ),
+    "stats": (
+        "keyspace_hits",
+        "keyspace_misses",
+        "evicted_keys",
+        "expired_keys",
+        "rejected_connections",
+        "instantaneous_ops_per_sec",
+        "total_error_replies",
+        "latest_fork_usec",
+    ),
+    "clients": ("connected_clients", "blocked_clients", "maxclients", "client_recent_max_output_buffer"),
+    "persistence": (
+        "rdb_last_save_time",
+        "rdb_last_bgsave_status",
+        "rdb_changes_since_last_save",
+        "aof_enabled",
+        "aof_last_write_status",
+    ),
+    "server": ("redis_version", "redis_mode", "uptime_in_days", "tcp_port", "config_file"),
+    "replication": ("role", "connected_slaves", "master_link_status", "master_last_io_seconds_ago"),
+}
+_MAX_DETAIL_LINES = 40
+"""Details are read on a phone: key fields for known sections, the rest stays in ``data``."""
 
 
 @step("redis.info", params=InfoParams)
@@ -241,7 +275,8 @@ async def info(ctx: StepContext, p: InfoParams) -> StepOutput:
             summary, warn = summarize(data)
         else:
             summary, warn = f"INFO {section}: {len(data)} fields", False
-        details = "\n".join(f"{k}: {v}" for k, v in data.items())
+        keys = [k for k in _KEY_FIELDS.get(section, tuple(data)) if k in data][:_MAX_DETAIL_LINES]
+        details = "\n".join(f"{k}: {data[k]}" for k in keys)
     figures: dict[str, Any] = {}
     if section in ("memory", *_WHOLE):
         figures["memory"] = redisops.to_jsonable(redisops.memory_figures(data))
