@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := redis-server redis-tools prometheus prometheus-alertmanager prometheus-redis-exporter
 
-.PHONY: install system-deps demo test test-fast lint format typecheck check bench clean
+.PHONY: install system-deps demo test test-fast lint lock format check bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,10 +30,17 @@ test: install  ## the full test suite (real redis-server; end-to-end with Promet
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not e2e" -x
 
-lint: $(VENV)/.installed  ## ruff, ruff format --check, mypy --strict
+lint: $(VENV)/.installed  ## ruff, ruff format --check, mypy --strict, hadolint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
+
+lock:  ## re-pin the runtime dependencies the Docker image installs
+	rm -rf .lockvenv && $(PY) -m venv .lockvenv && .lockvenv/bin/pip install --quiet .
+	{ echo "# Pinned runtime dependencies for the Docker image (regenerate: make lock)."; \
+	  .lockvenv/bin/pip freeze --exclude-editable | grep -v '^redis-remediation-bot'; } > requirements.lock
+	rm -rf .lockvenv
 
 format: $(VENV)/.installed
 	$(BIN)/ruff format .

@@ -13,6 +13,7 @@ and protected key patterns that always include BullMQ's ``bull:*``.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -31,7 +32,15 @@ from bot.errors import ConfigError, Problem, TargetError
 from bot.redisconn import RedisTarget, default_name
 from bot.validation import interpolate_env, load_yaml, validation_problems
 
-BUNDLED_PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
+
+def _bundled_playbooks() -> Path:
+    """The repo's ``playbooks/`` in a checkout, else the copy a wheel installs under ``share/``."""
+    here = Path(__file__).resolve().parent.parent / "playbooks"
+    installed = Path(sys.prefix) / "share" / "remediation-bot" / "playbooks"
+    return here if here.is_dir() or not installed.is_dir() else installed
+
+
+BUNDLED_PLAYBOOKS = _bundled_playbooks()
 ALWAYS_PROTECTED = ("bull:*",)
 """BullMQ's queues: deleting them loses jobs, so no config can unprotect them."""
 
@@ -117,8 +126,12 @@ class TargetConfig(LabelMatcher):
     def label_names(self) -> list[str]:
         return _TEMPLATE.findall(self.url)
 
-    def resolve(self, labels: dict[str, str], timeout: float = 5.0) -> RedisTarget:
-        """The concrete target for an alert: the URL with ``{{ labels.X }}`` filled from its labels."""
+    def resolve(self, labels: dict[str, str], timeout: float = 5.0, *, action: bool = False) -> RedisTarget:
+        """The concrete target for an alert: the URL with ``{{ labels.X }}`` filled from its labels.
+
+        With ``action=True`` the ``action_url`` credentials are used when configured, so diagnostics
+        can run as a read-only ACL user and only approved actions use the privileged one.
+        """
 
         def fill(url: str) -> str:
             def repl(m: re.Match[str]) -> str:
@@ -130,7 +143,10 @@ class TargetConfig(LabelMatcher):
             return _TEMPLATE.sub(repl, url)
 
         url = fill(self.url)
-        return RedisTarget(name=self.name or default_name(url), url=url, timeout=timeout)
+        name = self.name or default_name(url)
+        if action and self.action_url:
+            return RedisTarget(name=name, url=fill(self.action_url), timeout=timeout)
+        return RedisTarget(name=name, url=url, timeout=timeout)
 
 
 class ServerConfig(StrictModel):

@@ -129,11 +129,14 @@ class Runner:
 
     # -- targets --------------------------------------------------------------------------------
 
-    def target_for(self, incident: Incident) -> RedisTarget:
-        """The Redis target of an incident, with a client reused across steps."""
+    def target_for(self, incident: Incident, *, action: bool = False) -> RedisTarget:
+        """The Redis target of an incident, with a client reused across steps.
+
+        ``action=True`` selects the target's action credentials (``action_url``) when configured.
+        """
         if incident.target is None:
             raise TargetError(f"incident {incident.id} has no target")
-        key = f"{incident.target_index}:{incident.target}"
+        key = f"{incident.target_index}:{incident.target}:{'action' if action else 'read'}"
         if incident.target_index is None:
             key = incident.target
         if key in self._targets:
@@ -144,7 +147,7 @@ class Runner:
                 " add it to `targets` to act on it"
             )
         t = self.config.targets[incident.target_index].resolve(
-            incident.labels, self.config.runner.redis_timeout
+            incident.labels, self.config.runner.redis_timeout, action=action
         )
         self._targets[key] = t
         return t
@@ -527,7 +530,7 @@ class Runner:
                 actor=who,
             )
             await self._announce(inc.id)
-            run = await self._run_action(inc, step, target, plan, ap, who)
+            run = await self._run_action(inc, step, self.target_for(inc, action=True), plan, ap, who)
             await self.store.update_incident(inc.id, next_step=ap.step_index + 1)
             if run.status in FAILED_STATUSES:
                 await self.store.update_incident(

@@ -497,3 +497,39 @@ def test_match_all_patterns_are_refused_at_load(pattern: str, tmp_path: Path) ->
     )
     with pytest.raises(ConfigError, match=r"steps\[0\].with.pattern"):
         load_playbooks(tmp_path)
+
+
+async def test_actions_use_the_action_credentials(
+    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+) -> None:
+    """Diagnostics run as a read-only ACL user; only the approved action uses the privileged one."""
+    redis_sync.acl_setuser(
+        "reader",
+        enabled=True,
+        passwords=["+readpw"],
+        keys=["~*"],
+        commands=["+@read", "+@connection", "+info", "+memory", "+config|get", "+scan"],
+    )
+    try:
+        seed_platform(redis_sync, agents=100)
+        pb = tmp_path / "playbooks"
+        pb.mkdir()
+        (pb / "evict.yaml").write_text(PLAYBOOK)
+        path = tmp_path / "bot.yaml"
+        path.write_text(
+            "targets:\n  - match: {job: redis}\n"
+            f"    url: redis://reader:readpw@127.0.0.1:{redis_server.port}/0\n"
+            f"    action_url: redis://127.0.0.1:{redis_server.port}/0\n"
+            "playbooks: playbooks\n"
+        )
+        async with Bot(load_config(path)) as b:
+            inc_id = await b.fire("TestEvict")
+            inc = await b.store.get_incident(inc_id)
+            assert inc.pending_step is not None and inc.pending_step["plan"]["estimated_keys"] == 100
+            assert "readpw" not in json.dumps(inc.model_dump(mode="json"))
+            report = await b.runner.decide(inc_id, "alice", True)
+            assert report.executed and report.result is not None and report.result.data["deleted"] == 100
+            audit = json.dumps([e.model_dump(mode="json") for e in await b.store.list_audit()])
+            assert "readpw" not in audit
+    finally:
+        redis_sync.acl_deluser("reader")
