@@ -432,7 +432,7 @@ class Runner:
             pending = await self.store.pending_approval(incident_id)
             if pending is None:
                 inc = await self.store.get_incident(incident_id, steps=False)
-                last = await self._last_approval(incident_id)
+                last = await self.store.latest_approval(incident_id)
                 if last is not None:
                     raise AlreadyDecided(str(last.state), last.decided_by, last.decided_at)
                 raise NotFound(f"incident {incident_id} ({inc.status}) has no step waiting for approval")
@@ -449,11 +449,6 @@ class Runner:
         if not approve:
             return await self._denied(incident_id, ap, who)
         return await self._execute(incident_id, ap, who)
-
-    async def _last_approval(self, incident_id: int) -> Approval | None:
-        rows = await self.store.list_audit(incident_id=incident_id, limit=500)
-        ids = [int(e.detail["approval_id"]) for e in rows if "approval_id" in e.detail]
-        return await self.store.get_approval(max(ids)) if ids else None
 
     async def _denied(self, incident_id: int, ap: Approval, who: str) -> DecisionReport:
         async with self._locks[incident_id]:

@@ -693,6 +693,17 @@ class Store:
         ).fetchone()
         return self._approval(row) if row else None
 
+    async def latest_approval(self, incident_id: int) -> Approval | None:
+        """The incident's most recent approval in any state (to tell a late clicker what happened)."""
+
+        def run() -> Approval | None:
+            row = self.conn.execute(
+                "SELECT * FROM approvals WHERE incident_id = ? ORDER BY id DESC LIMIT 1", (incident_id,)
+            ).fetchone()
+            return self._approval(row) if row else None
+
+        return await self._run(run)
+
     async def pending_approval(self, incident_id: int) -> Approval | None:
         return await self._run(self._pending_approval, incident_id)
 

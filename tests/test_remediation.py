@@ -533,3 +533,25 @@ async def test_actions_use_the_action_credentials(
             assert "readpw" not in audit
     finally:
         redis_sync.acl_deluser("reader")
+
+
+async def test_eviction_reports_progress_while_it_runs(target: Any, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=2000)
+    messages: list[str] = []
+
+    async def progress(message: str) -> None:
+        messages.append(message)
+
+    res = await evict(
+        target.client,
+        "agent:*",
+        ["bull:*"],
+        max_keys=10**6,
+        batch=100,
+        count=200,
+        progress=progress,
+        progress_every_s=0,
+    )
+    assert res.deleted == 2000
+    assert len(messages) >= 5
+    assert messages[0].startswith("deleted ") and "protected skipped" in messages[0]
