@@ -108,7 +108,10 @@ def _load(path: Path) -> tuple[Config, PlaybookSet]:
     except ConfigError as exc:
         problems.extend(exc.problems)
         raise ConfigError(problems) from None
-    return config, playbooks
+    from bot.oneshot import with_adhoc_playbooks
+
+    # Evictions asked for in Slack (`/redis evict`) must resolve here too, for `approve`/`deny`.
+    return config, with_adhoc_playbooks(playbooks)
 
 
 def _actor(given: str | None) -> str:
@@ -314,13 +317,18 @@ def cmd_serve(args: argparse.Namespace, config: Config, playbooks: PlaybookSet) 
 
     from bot.app import create_app
     from bot.chat.console import ConsoleNotifier
+    from bot.chat.slack_settings import SlackSettings
 
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    app = create_app(config, playbooks=playbooks, notifier=ConsoleNotifier(config_path=args.config))
+    slack = SlackSettings.from_env()  # Slack tokens in the environment: Slack is the notifier
+    notifier = None if slack is not None else ConsoleNotifier(config_path=args.config)
+    app = create_app(config, playbooks=playbooks, notifier=notifier, slack=slack)
     print(
         f"remediation-bot {__version__} listening on http://{host}:{port} "
-        f"({len(playbooks)} playbooks, {len(config.targets)} targets, state {config.state_file})",
+        f"({len(playbooks)} playbooks, {len(config.targets)} targets, state {config.state_file}"
+        + (f"; Slack via {slack.modes} in {config.slack.channel}" if slack else "")
+        + ")",
         flush=True,
     )
     web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)

@@ -12,12 +12,15 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from bot.chat.slack_settings import SlackSettings
 from bot.config import Config
 from bot.errors import StoreError
 from bot.intake import Intake
+from bot.metrics import Metrics
 from bot.notifier import Notifier
 from bot.playbook import PlaybookSet, load_playbooks
 from bot.runner import Runner
+from bot.scheduler import Scheduler
 from bot.store import Store
 from bot.webhook import INTAKE, MAX_BODY, WEBHOOK_TOKEN, handle_alerts, never_500
 
@@ -27,6 +30,9 @@ CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 RUNNER = web.AppKey("runner", Runner)
 PLAYBOOKS = web.AppKey("playbooks", PlaybookSet)
+METRICS = web.AppKey("metrics", Metrics)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+"""The running scheduler; absent when ``scheduler.enabled`` is false."""
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -43,27 +49,54 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "playbooks": len(request.app[PLAYBOOKS])})
 
 
+async def metrics_view(request: web.Request) -> web.Response:
+    """The bot's own metrics in Prometheus' text format (incident counts read from the store)."""
+    m = request.app[METRICS]
+    try:
+        await m.refresh_incidents(request.app[STORE])
+    except StoreError as exc:
+        log.warning("metrics: cannot count incidents: %s", exc)
+    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
+
+
 def create_app(
     config: Config,
     *,
     notifier: Notifier | None = None,
     playbooks: PlaybookSet | None = None,
     webhook_token: str | None = None,
+    slack: SlackSettings | None = None,
 ) -> web.Application:
-    """Build the service. ``webhook_token`` defaults to ``$BOT_WEBHOOK_TOKEN`` (empty: no auth)."""
+    """Build the service. ``webhook_token`` defaults to ``$BOT_WEBHOOK_TOKEN`` (empty: no auth).
+
+    ``slack`` defaults to the ``SLACK_*`` environment; when set, Slack is the notifier (unless
+    ``notifier`` is given) and ``POST /slack/events`` / Socket Mode receive clicks and commands.
+    """
     pbs = playbooks if playbooks is not None else load_playbooks(config.playbooks)
+    slack = slack if slack is not None else SlackSettings.from_env()
+    slack_wiring = None
+    if slack is not None:
+        from bot.chat.slack_app import SlackWiring
+        from bot.oneshot import with_adhoc_playbooks
+
+        pbs = with_adhoc_playbooks(pbs)  # so `/redis evict` incidents resolve their playbook
+        slack_wiring = SlackWiring(
+            config, slack, store=lambda: app[STORE], runner=lambda: app[RUNNER], playbooks=lambda: pbs
+        )
+        notifier = notifier or slack_wiring.notifier
     limit = config.server.max_body_bytes
     app = web.Application(client_max_size=limit, middlewares=[never_500])
     app[CONFIG] = config
     app[PLAYBOOKS] = pbs
     app[MAX_BODY] = limit
+    metrics = app[METRICS] = Metrics()
     app[WEBHOOK_TOKEN] = (
         webhook_token if webhook_token is not None else os.environ.get("BOT_WEBHOOK_TOKEN", "")
     )
 
     async def engine(app: web.Application) -> AsyncIterator[None]:
         store = await Store(config.state_file).open()
-        runner = Runner(config, pbs, store, notifier)
+        runner = Runner(config, pbs, store, notifier, metrics=metrics)
         app[STORE] = store
         app[RUNNER] = runner
         app[INTAKE] = Intake(config, pbs, store, runner)
@@ -77,7 +110,23 @@ def create_app(
         await store.close()
 
     app.cleanup_ctx.append(engine)
+    if slack_wiring is not None:
+        app.cleanup_ctx.append(slack_wiring.lifetime)
+        if slack_wiring.settings.signing_secret:
+            app.router.add_post("/slack/events", slack_wiring.handle_events)
+    if config.scheduler.enabled:
+        app.cleanup_ctx.append(scheduling)
     app.router.add_post("/alerts", handle_alerts)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
     return app
+
+
+async def scheduling(app: web.Application) -> AsyncIterator[None]:
+    """The scheduled jobs (health probe, approval expiry, backups, digest), after the engine is up."""
+    scheduler = Scheduler(app[CONFIG], app[RUNNER], app[INTAKE])
+    app[SCHEDULER] = scheduler
+    await scheduler.start()
+    yield
+    await scheduler.stop()

@@ -3,13 +3,15 @@
 Why not the runbook's ``KEYS "agent:*" | xargs DEL``: KEYS blocks Redis for the whole keyspace walk
 (hundreds of ms on a million keys) and DEL frees big values on the main thread. Here the keyspace is
 walked with ``SCAN MATCH ... COUNT`` and keys are removed with ``UNLINK`` (freed in a background
-thread) in batches, pausing whenever Redis answers slowly, so other clients keep their latency.
+thread) in batches, the walk overlapping the deletion, pausing whenever Redis answers slowly, so
+other clients keep their latency.
 Protected keys are filtered on the bot's side even when the pattern matches them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -142,13 +144,19 @@ async def evict(
 ) -> EvictionResult:
     """Delete keys matching ``pattern``, never protected ones, at most ``max_keys`` of them.
 
-    SCAN and UNLINK calls are small and sequential; when one is slow (Redis busy), the loop sleeps
-    as long as the call took before the next one, so the eviction yields to the application.
+    SCAN and UNLINK calls are small. The next SCAN page is requested before the current one is
+    filtered, and a batch is unlinked while the walk goes on (one SCAN and one UNLINK in flight, on
+    two pooled connections), so Redis and the bot work side by side and the eviction takes about
+    as long as Redis needs for it. When a call is slow (Redis busy),
+    its side sleeps as long as the call took before the next one, so the eviction yields to the
+    application. Protected keys are filtered here, whatever the pattern says.
     """
     is_protected = key_matcher(protected)
     res = EvictionResult()
     started = last_report = time.monotonic()
     pending: list[bytes] = []
+    unlinking: asyncio.Task[object] | None = None
+    in_flight = 0  # keys in the UNLINK under way
 
     async def timed(coro: Awaitable[object]) -> object:
         t0 = time.monotonic()
@@ -160,38 +168,75 @@ async def evict(
             await asyncio.sleep(took)
         return out
 
-    async def flush(keys: list[bytes]) -> None:
-        if keys:
-            removed = await timed(client.unlink(*keys))
+    async def settle() -> None:
+        """Wait for the UNLINK under way, if any, and count what it removed."""
+        nonlocal unlinking, in_flight
+        if unlinking is not None:
+            task, unlinking = unlinking, None
+            removed = await task
             res.deleted += int(removed)  # type: ignore[call-overload]
             res.batches += 1
+            in_flight = 0
 
-    cursor = 0
-    while True:
-        cursor, keys = cast(tuple[int, list[bytes]], await timed(scan_page(client, cursor, pattern, count)))
-        for key in keys:
-            res.matched += 1
-            if is_protected(key):
-                res.protected_skipped += 1
-            else:
-                pending.append(key)
-        while len(pending) >= batch or (pending and res.deleted + len(pending) >= max_keys):
-            room = max_keys - res.deleted
-            take = pending[: min(batch, room)]
-            pending = pending[len(take) :]
-            await flush(take)
-            if res.deleted >= max_keys:
-                res.capped = True
+    async def unlink(keys: list[bytes]) -> None:
+        nonlocal unlinking, in_flight
+        await settle()
+        unlinking = asyncio.create_task(timed(client.unlink(*keys)))
+        in_flight = len(keys)
+
+    def scan_from(cursor: int) -> asyncio.Task[object]:
+        return asyncio.create_task(timed(scan_page(client, cursor, pattern, count)))
+
+    scanning = True
+    scan: asyncio.Task[object] | None = scan_from(0)
+    try:
+        while True:
+            if scan is not None:
+                cursor, keys = cast(tuple[int, list[bytes]], await scan)
+                scan = None
+                scanning = cursor != 0
+                if scanning:
+                    # Ask for the next page now: Redis walks on while this one is filtered and unlinked.
+                    scan = scan_from(cursor)
+                    await asyncio.sleep(0)
+                for key in keys:
+                    res.matched += 1
+                    if is_protected(key):
+                        res.protected_skipped += 1
+                    else:
+                        pending.append(key)
+            # Full batches while scanning; everything once the scan is over or the cap is in reach.
+            while pending and (
+                len(pending) >= batch or not scanning or res.deleted + in_flight + len(pending) >= max_keys
+            ):
+                room = max_keys - res.deleted - in_flight
+                if room <= 0:
+                    await settle()
+                    room = max_keys - res.deleted
+                    if room <= 0:
+                        break
+                take = pending[: min(batch, room)]
+                del pending[: len(take)]
+                await unlink(take)
+            if not scanning and not pending:
                 break
-        if progress is not None and time.monotonic() - last_report >= progress_every_s:
-            last_report = time.monotonic()
-            await progress(
-                f"deleted {res.deleted:,} keys so far ({res.protected_skipped:,} protected skipped)"
-            )
-        if res.capped or cursor == 0:
-            break
-    if not res.capped:
-        await flush(pending[: max(0, max_keys - res.deleted)])
+            if res.deleted + in_flight >= max_keys:
+                await settle()
+                if res.deleted >= max_keys:
+                    break
+            if progress is not None and time.monotonic() - last_report >= progress_every_s:
+                last_report = time.monotonic()
+                await progress(
+                    f"deleted {res.deleted + in_flight:,} keys so far ({res.protected_skipped:,} protected skipped)"
+                )
+        await settle()
+    finally:
+        for task in (scan, unlinking):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+    res.capped = res.deleted >= max_keys and (scanning or bool(pending))
     res.duration_s = time.monotonic() - started
     return res
 

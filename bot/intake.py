@@ -6,16 +6,39 @@ are on disk. Redis work happens afterwards, in the runner's workers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Sequence
 
 from bot.alerts import Alert, Notification
 from bot.config import Config
 from bot.errors import TargetError
+from bot.incidents import Incident, IncidentState
 from bot.playbook import PlaybookSet
 from bot.runner import Runner
 from bot.store import IngestItem, IngestResult, Store
 
 log = logging.getLogger(__name__)
+
+PROBE_SOURCE = "probe"
+"""``source`` of incidents the bot's own health probe opens (see :mod:`bot.scheduler`)."""
+
+
+async def firing_incident(
+    store: Store, target: str, alertname: str, *, source: str | None = None, limit: int = 500
+) -> Incident | None:
+    """The newest incident for ``alertname`` on ``target`` whose alert still fires (merged or
+    unmatched ones excluded), optionally only one opened by ``source``."""
+    for inc in await store.list_incidents(limit=limit, steps=False):
+        if (
+            inc.alertname == alertname
+            and inc.target == target
+            and inc.alert_status == "firing"
+            and inc.status != IncidentState.UNMATCHED
+            and (source is None or inc.source == source)
+        ):
+            return inc
+    return None
 
 
 def match_alert(
@@ -52,7 +75,14 @@ class Intake:
 
     async def receive(self, notification: Notification) -> IngestResult:
         items = [match_alert(a, self.config, self.playbooks) for a in notification.alerts]
+        return await self.receive_items(items)
+
+    async def receive_items(self, items: Sequence[IngestItem]) -> IngestResult:
+        """Persist matched alerts (Alertmanager's, or the health probe's) and dispatch the work."""
+        items = [await self._merge_with_probe(it) for it in items]
         result = await self.store.ingest(items)
+        for it in items:
+            self.runner.metrics.alert_received(it.alert.status, it.source)
         for inc_id in result.new:
             self.runner.submit(inc_id)
         for inc_id in result.resolved:
@@ -65,3 +95,34 @@ class Intake:
                 result.duplicates,
             )
         return result
+
+    async def _merge_with_probe(self, item: IngestItem) -> IngestItem:
+        """An Alertmanager alert the health probe already reported joins the probe's incident.
+
+        While the probe's RedisDown incident for a target is firing, a RedisDown from Alertmanager for
+        the same target is stored without a playbook (state ``unmatched``, a note naming the probe's
+        incident), so nothing runs twice and the alert's own lifecycle is still on record. The probe
+        resolves its incident when PING answers again. The other way round (Alertmanager first), the
+        probe attaches to the Alertmanager incident instead of opening one.
+        """
+        alert = item.alert
+        if (
+            item.source == PROBE_SOURCE
+            or alert.status != "firing"
+            or item.playbook is None
+            or item.target is None
+            or alert.alertname != self.config.scheduler.health_probe.alertname
+        ):
+            return item
+        probe = await firing_incident(self.store, item.target, alert.alertname, source=PROBE_SOURCE)
+        if probe is None:
+            return item
+        log.info(
+            "%s for %s merged into incident %s, opened by the health probe",
+            alert.alertname,
+            item.target,
+            probe.id,
+            extra={"incident": probe.id, "target": item.target},
+        )
+        note = f"merged into incident #{probe.id}, which the bot's health probe opened for {item.target}"
+        return dataclasses.replace(item, playbook=None, note=note)

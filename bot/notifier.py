@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from collections.abc import Callable
+from typing import Literal, Protocol
 
 from bot.incidents import Approval, Incident, StepRun
 
 log = logging.getLogger(__name__)
+
+NoticeLevel = Literal["info", "warning"]
+"""``info``: a digest or a recovery; ``warning``: something a human should look at (stale backups)."""
 
 
 class Notifier(Protocol):
@@ -29,6 +33,10 @@ class Notifier(Protocol):
     async def approval_requested(self, incident: Incident, approval: Approval) -> None: ...
 
     async def approval_closed(self, incident: Incident, approval: Approval) -> None: ...
+
+    async def notice(self, text: str, level: NoticeLevel = "info") -> None:
+        """A message that belongs to no incident (daily digest, backup warnings), for the channel."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -54,17 +62,26 @@ class NullNotifier:
     async def approval_closed(self, incident: Incident, approval: Approval) -> None:
         return None
 
+    async def notice(self, text: str, level: NoticeLevel = "info") -> None:
+        return None
+
     async def close(self) -> None:
         return None
 
 
 class SafeNotifier:
-    """Wraps a notifier: every call gets a timeout, and failures are logged, never raised."""
+    """Wraps a notifier: every call gets a timeout, and failures are logged, never raised.
 
-    def __init__(self, inner: Notifier, timeout: float = 10.0) -> None:
+    ``on_failure`` (if set) is called with the method name after each failure (the bot's metrics).
+    """
+
+    def __init__(
+        self, inner: Notifier, timeout: float = 10.0, on_failure: Callable[[str], None] | None = None
+    ) -> None:
         self.inner = inner
         self.timeout = timeout
         self.failures = 0
+        self.on_failure = on_failure
 
     async def _call(self, name: str, *args: object) -> None:
         try:
@@ -73,6 +90,8 @@ class SafeNotifier:
         except Exception as exc:  # a notifier must never break the runner
             self.failures += 1
             log.warning("notifier %s failed: %s: %s", name, type(exc).__name__, exc)
+            if self.on_failure is not None:
+                self.on_failure(name)
 
     async def incident_opened(self, incident: Incident) -> None:
         await self._call("incident_opened", incident)
@@ -91,6 +110,9 @@ class SafeNotifier:
 
     async def approval_closed(self, incident: Incident, approval: Approval) -> None:
         await self._call("approval_closed", incident, approval)
+
+    async def notice(self, text: str, level: NoticeLevel = "info") -> None:
+        await self._call("notice", text, level)
 
     async def close(self) -> None:
         await self._call("close")

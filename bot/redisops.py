@@ -320,20 +320,25 @@ class MemoryReport:
     unavailable: dict[str, str] = field(default_factory=dict)
 
 
-# One round trip per SCAN batch: TYPE, MEMORY USAGE and the type's length command for every key.
-# MEMORY USAGE is nil (Lua false) for a key deleted since SCAN; such keys are skipped by the caller.
-# The script only reads, and has no shebang so it also runs on Redis 6 and while Redis is OOM.
+# One round trip per batch: the script runs the SCAN step itself, then TYPE, MEMORY USAGE and the
+# type's length command for every key found, and returns {next cursor, keys, type, bytes, elements,
+# ...}. Key names never travel back to Redis, and nothing can vanish between SCAN and measurement.
+# MEMORY USAGE is nil (Lua false) for a missing key; such keys are skipped by the caller. The script
+# only reads, touches only keys SCAN found on this node, and has no shebang so it also runs on
+# Redis 6 and while Redis is OOM.
 _REPORT_SCRIPT = """
 local lencmd = {string='STRLEN', list='LLEN', hash='HLEN', set='SCARD', zset='ZCARD', stream='XLEN'}
-local samples = ARGV[1]
-local out = {}
-for i = 1, #KEYS do
-  local k = KEYS[i]
+local page = redis.call('SCAN', ARGV[1], 'COUNT', ARGV[2])
+local keys = page[2]
+local samples = ARGV[3]
+local out = {page[1], keys}
+for i = 1, #keys do
+  local k = keys[i]
   local t = redis.call('TYPE', k)['ok']
   local c = lencmd[t]
-  out[3 * i - 2] = t
-  out[3 * i - 1] = redis.call('MEMORY', 'USAGE', k, 'SAMPLES', samples)
-  out[3 * i] = c and redis.call(c, k) or 0
+  out[3 * i] = t
+  out[3 * i + 1] = redis.call('MEMORY', 'USAGE', k, 'SAMPLES', samples)
+  out[3 * i + 2] = c and redis.call(c, k) or 0
 end
 return out
 """
@@ -348,12 +353,67 @@ _LENGTH_COMMANDS = {
 }
 
 
-async def _batch_by_script(client: aioredis.Redis, keys: list[bytes], samples: int) -> list[Any]:
-    try:
-        reply = await client.evalsha(_REPORT_SCRIPT_SHA, len(keys), *keys, samples)
-    except rex.NoScriptError:
-        reply = await client.eval(_REPORT_SCRIPT, len(keys), *keys, samples)
-    return list(reply)
+class _ReportScript:
+    """Runs the report script batch after batch on one connection, one request ahead.
+
+    :meth:`prefetch` sends the next batch's request before the caller works through the current
+    reply, so Redis measures batch n+1 while Python aggregates batch n: the scan takes about as long
+    as the slower of the two sides instead of their sum. Each call is still one short script (about
+    a millisecond per 1000 keys), so other clients wait no longer than before. At most one request is
+    in flight; :meth:`close` drops the connection if one is left unread (an error or cancellation).
+    """
+
+    def __init__(self, conn: aioredis.Redis, count: int, samples: int) -> None:
+        self.conn = conn
+        self.count = count
+        self.samples = samples
+        self.loaded = False
+        self.pending: int | None = None
+        self.batches = 0
+
+    async def _send(self, cursor: int) -> None:
+        connection = self.conn.connection
+        assert connection is not None
+        args = (cursor, self.count, self.samples)
+        if self.loaded:
+            await connection.send_command("EVALSHA", _REPORT_SCRIPT_SHA, 0, *args)
+        else:
+            await connection.send_command("EVAL", _REPORT_SCRIPT, 0, *args)
+        self.pending = cursor
+
+    async def _read(self) -> Any:
+        connection = self.conn.connection
+        assert connection is not None
+        try:
+            reply = await connection.read_response()
+        except rex.ResponseError:
+            self.pending = None  # an error reply is still the reply: the connection stays in step
+            raise
+        self.pending = None
+        return reply
+
+    async def prefetch(self, cursor: int) -> None:
+        await self._send(cursor)
+
+    async def fetch(self, cursor: int) -> tuple[int, list[bytes], list[Any]]:
+        """The batch at ``cursor``: (next cursor, keys, flat [type, bytes, elements, ...])."""
+        await self.conn.initialize()
+        if self.pending != cursor:
+            await self._send(cursor)
+        try:
+            reply = await self._read()
+        except rex.NoScriptError:  # the script cache was flushed meanwhile: send the body again
+            self.loaded = False
+            await self._send(cursor)
+            reply = await self._read()
+        self.loaded = True
+        self.batches += 1
+        return int(reply[0]), list(reply[1]), reply[2:]
+
+    async def close(self) -> None:
+        if self.pending is not None and self.conn.connection is not None:
+            self.pending = None
+            await self.conn.connection.disconnect()
 
 
 async def _batch_by_pipeline(client: aioredis.Redis, keys: list[bytes], samples: int) -> list[Any]:
@@ -426,11 +486,12 @@ async def memory_report(
 ) -> MemoryReport:
     """``redis-cli --bigkeys`` and ``--memkeys`` in one streamed pass, grouped by key prefix.
 
-    SCAN (never KEYS) batch by batch; each batch is measured in one more round trip (a read-only
-    Lua script, or two pipelines when scripting is refused or ``use_script`` is False). Only
-    aggregates per (prefix, type), a heap of the ``top`` biggest keys and at most ``max_prefixes``
-    distinct prefixes are kept (later prefixes are lumped together), so memory stays flat whatever
-    the key count. Side effect to know: TYPE and the length commands count as keyspace hits.
+    SCAN (never KEYS) batch by batch: a read-only Lua script runs each SCAN step and measures the
+    keys it found in the same round trip, with the next batch requested before the current one is
+    aggregated; when scripting is refused or ``use_script`` is False, SCAN is followed by two
+    pipelines per batch (slower). Only aggregates per (prefix, type), a heap of the ``top`` biggest
+    keys and at most ``max_prefixes`` distinct prefixes are kept (later prefixes are lumped
+    together), so memory stays flat whatever the key count. Side effect to know: TYPE and the length commands count as keyspace hits.
     """
     started = time.perf_counter()
     unavailable: dict[str, str] = {}
@@ -441,6 +502,7 @@ async def memory_report(
     stats: dict[tuple[bytes | None, bytes], list[Any]] = {}
     prefixes: set[bytes] = set()
     heap: list[tuple[int, bytes, bytes, int]] = []
+    heap_floor = -1  # keys smaller than this cannot enter the full heap
     scanned = vanished = 0
     next_progress = progress_every
     cursor = 0
@@ -459,53 +521,68 @@ async def memory_report(
         return bucket
 
     async with _no_touch_client(client) as (conn, no_touch):
-        while True:
-            cursor, keys = await scan_batch(conn, cursor, count)
-            if max_keys is not None and scanned + len(keys) >= max_keys:
-                reached = cursor != 0 or len(keys) > max_keys - scanned
-                keys = keys[: max_keys - scanned]
-            if keys:
-                reply = None
-                if use_script:
+        script = _ReportScript(conn, count, samples) if use_script else None
+        try:
+            while True:
+                reply: list[Any] | None = None
+                if script is not None:
                     try:
-                        reply = await _batch_by_script(conn, keys, samples)
+                        cursor, keys, reply = await script.fetch(cursor)
                     except rex.ResponseError as exc:
                         unavailable["script"] = f"Lua script refused ({exc}); measured with pipelines, slower"
-                        use_script = False
-                if reply is None:
-                    reply = await _batch_by_pipeline(conn, keys, samples)
-                for key, typ, mem, n in zip(keys, reply[0::3], reply[1::3], reply[2::3], strict=True):
-                    if mem is None:
-                        vanished += 1
-                        continue
-                    if depth == 1:
-                        i = key.find(separator)
-                        prefix = key[: i + seplen] if i >= 0 else b""
-                    else:
-                        prefix = _prefix_of(key, separator, depth)
-                    bucket = stats.get((prefix, typ))
-                    if bucket is None:
-                        bucket = new_bucket(prefix, typ)
-                    bucket[0] += 1
-                    bucket[1] += mem
-                    bucket[2] += n
-                    if mem > bucket[3]:
-                        bucket[3:6] = mem, key, n
-                    if n > bucket[6]:
-                        bucket[6:9] = n, key, mem
-                    if len(heap) < top:
-                        heapq.heappush(heap, (mem, key, typ, n))
-                    elif (mem, key) > heap[0][:2]:  # ties broken by name: the same result in any scan order
-                        heapq.heapreplace(heap, (mem, key, typ, n))
-                scanned += len(keys)
-                if progress is not None and scanned >= next_progress:
-                    next_progress += progress_every
-                    await progress(scanned, dbsize)
-            if reached:
-                break
-            if cursor == 0:
-                complete = True
-                break
+                        script, use_script = None, False
+                if script is None:
+                    cursor, keys = await scan_batch(conn, cursor, count)
+                if max_keys is not None and scanned + len(keys) >= max_keys:
+                    reached = cursor != 0 or len(keys) > max_keys - scanned
+                    keys = keys[: max_keys - scanned]
+                if script is not None and cursor != 0 and not reached:
+                    await script.prefetch(cursor)
+                if keys:
+                    if reply is None:
+                        reply = await _batch_by_pipeline(conn, keys, samples)
+                    n_keys = len(keys)
+                    end = 3 * n_keys
+                    types, mems, lengths = reply[0:end:3], reply[1:end:3], reply[2:end:3]
+                    for key, typ, mem, n in zip(keys, types, mems, lengths, strict=True):
+                        if mem is None:
+                            vanished += 1
+                            continue
+                        if depth == 1:
+                            i = key.find(separator)
+                            prefix = key[: i + seplen] if i >= 0 else b""
+                        else:
+                            prefix = _prefix_of(key, separator, depth)
+                        bucket = stats.get((prefix, typ))
+                        if bucket is None:
+                            bucket = new_bucket(prefix, typ)
+                        bucket[0] += 1
+                        bucket[1] += mem
+                        bucket[2] += n
+                        if mem > bucket[3]:
+                            bucket[3:6] = mem, key, n
+                        if n > bucket[6]:
+                            bucket[6:9] = n, key, mem
+                        if mem < heap_floor:
+                            continue
+                        if len(heap) < top:
+                            heapq.heappush(heap, (mem, key, typ, n))
+                        elif (mem, key) > heap[0][:2]:  # ties broken by name: the same result in any scan order
+                            heapq.heapreplace(heap, (mem, key, typ, n))
+                        if len(heap) >= top:
+                            heap_floor = heap[0][0]
+                    scanned += n_keys
+                    if progress is not None and scanned >= next_progress:
+                        next_progress += progress_every
+                        await progress(scanned, dbsize)
+                if reached:
+                    break
+                if cursor == 0:
+                    complete = True
+                    break
+        finally:
+            if script is not None:
+                await script.close()
         used_memory = int((await conn.info("memory")).get("used_memory", 0))
 
     total = sum(b[1] for b in stats.values())

@@ -22,8 +22,10 @@ from bot.config import Config
 from bot.durations import format_duration
 from bot.errors import AlreadyDecided, BotError, NotFound, StepError, TargetError
 from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepRun, StepStatus
+from bot.metrics import Metrics
 from bot.notifier import NullNotifier, SafeNotifier
 from bot.playbook import Playbook, PlaybookSet, Step
+from bot.prom import PromClient
 from bot.redisconn import RedisTarget
 from bot.steps import Plan, StepContext, StepOutput
 from bot.store import Store
@@ -57,11 +59,26 @@ class Runner:
         notifier: Any = None,
         *,
         ad_hoc_targets: dict[str, RedisTarget] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.playbooks = playbooks
         self.store = store
-        self.notifier = SafeNotifier(notifier or NullNotifier())
+        self.metrics = metrics or Metrics()
+        chat = "slack" if "slack" in type(notifier).__module__ else "chat"
+        self.notifier = SafeNotifier(
+            notifier or NullNotifier(), on_failure=lambda _name: self.metrics.call_error(chat)
+        )
+        self.prometheus: PromClient | None = None
+        if config.prometheus is not None:
+            p = config.prometheus
+            self.prometheus = PromClient.from_env(
+                p.url,
+                timeout=p.timeout,
+                selector=p.selector,
+                verify_tls=p.verify_tls,
+                on_error=lambda: self.metrics.call_error("prometheus"),
+            )
         self._targets: dict[str, RedisTarget] = dict(ad_hoc_targets or {})
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._queue: asyncio.Queue[int] = asyncio.Queue()
@@ -75,7 +92,9 @@ class Runner:
         interrupted = await self.store.mark_interrupted()
         for inc_id in interrupted:
             log.warning(
-                "incident %s: a remediation was interrupted by a restart and will not be re-run", inc_id
+                "incident %s: a remediation was interrupted by a restart and will not be re-run",
+                inc_id,
+                extra={"incident": inc_id},
             )
         for inc_id in await self.store.incidents_to_resume():
             self.submit(inc_id)
@@ -95,6 +114,8 @@ class Runner:
         for t in self._targets.values():
             await t.close()
         self._targets.clear()
+        if self.prometheus is not None:
+            await self.prometheus.close()
 
     def submit(self, incident_id: int) -> None:
         """Queue an incident for its playbook; the webhook calls this after persisting."""
@@ -119,7 +140,7 @@ class Runner:
             try:
                 await self.run_incident(inc_id)
             except Exception:
-                log.exception("incident %s: runner failed", inc_id)
+                log.exception("incident %s: runner failed", inc_id, extra={"incident": inc_id})
             finally:
                 self._queue.task_done()
 
@@ -167,7 +188,11 @@ class Runner:
                 "max_keys_per_run": g.max_keys_per_run,
                 "maxmemory_ceiling": tcfg.maxmemory_ceiling if tcfg else None,
                 "approval_ttl": self.config.approvals.ttl,
+                "incident_id": incident.id,
+                "step_id": step_id,
+                "chart_dir": str(self.config.state_file.parent / "charts"),
             },
+            prometheus=self.prometheus,
         )
 
     # -- running playbooks ----------------------------------------------------------------------
@@ -263,7 +288,7 @@ class Runner:
         await self.notifier.step_finished(inc, run)
 
     async def _timed(
-        self, step: Step, fn: Callable[[], Awaitable[Any]]
+        self, step: Step, fn: Callable[[], Awaitable[Any]], incident_id: int | None = None
     ) -> tuple[Any, StepStatus, str | None]:
         """Run a step function with its timeout; map failures to a status and a human message."""
         try:
@@ -273,11 +298,17 @@ class Runner:
         except TimeoutError:
             return None, StepStatus.TIMEOUT, f"timed out after {format_duration(step.timeout)}"
         except StepError as exc:
+            self.metrics.step_error(exc)
             return None, StepStatus.ERROR, str(exc)
         except BotError as exc:
             return None, StepStatus.ERROR, str(exc)
         except Exception as exc:  # a bug in a step must not take the incident down with it
-            log.exception("step %s (%s) crashed", step.id, step.type.name)
+            log.exception(
+                "step %s (%s) crashed",
+                step.id,
+                step.type.name,
+                extra={"incident": incident_id, "step": step.id},
+            )
             return None, StepStatus.ERROR, f"unexpected error: {type(exc).__name__}: {exc}"
 
     async def _run_readonly(self, inc: Incident, idx: int, step: Step, target: RedisTarget) -> StepRun:
@@ -285,7 +316,7 @@ class Runner:
         assert run_fn is not None
         ctx = self._context(inc, target, step.id)
         run_id = await self.store.start_step(inc.id, idx, step.id, step.type.name, False)
-        out, status, error = await self._timed(step, lambda: run_fn(ctx, step.params))
+        out, status, error = await self._timed(step, lambda: run_fn(ctx, step.params), inc.id)
         if isinstance(out, StepOutput):
             status = StepStatus(out.status)
             run = await self.store.finish_step(
@@ -300,6 +331,7 @@ class Runner:
             run = await self.store.finish_step(
                 run_id, status, summary=error or "", error=error, audit_target=target.name
             )
+        self.metrics.step_finished(step.type.name, str(run.status), run.duration_s)
         await self.notifier.step_finished(inc, run)
         return run
 
@@ -311,11 +343,16 @@ class Runner:
         plan_fn = step.type.plan
         assert plan_fn is not None
         ctx = self._context(inc, target, step.id)
-        plan, status, error = await self._timed(step, lambda: plan_fn(ctx, step.params))
+        plan, status, error = await self._timed(step, lambda: plan_fn(ctx, step.params), inc.id)
         return plan, error, status
 
     async def guard_reason(self, target: str) -> str | None:
         """Why no action may run on ``target`` now (kill switch, circuit breaker), or None."""
+        reason = await self._guard_reason(target)
+        self.metrics.breaker(target, reason is not None)
+        return reason
+
+    async def _guard_reason(self, target: str) -> str | None:
         g = self.config.guardrails
         if g.kill_switch:
             return "the kill switch is on in the config (guardrails.kill_switch): no actions run"
@@ -445,6 +482,7 @@ class Runner:
             return DecisionReport(
                 incident_id, ap, f"approved by {who}; needs {outcome.needed} more approver(s)"
             )
+        self.metrics.approval_closed(ap)
         await self.notifier.approval_closed(await self.store.get_incident(incident_id), ap)
         if not approve:
             return await self._denied(incident_id, ap, who)
@@ -551,7 +589,7 @@ class Runner:
         ctx = self._context(inc, target, step.id)
         run_id = await self.store.start_step(inc.id, ap.step_index, step.id, step.type.name, True)
         started = time.monotonic()
-        out, status, error = await self._timed(step, lambda: execute(ctx, step.params, plan))
+        out, status, error = await self._timed(step, lambda: execute(ctx, step.params, plan), inc.id)
         if isinstance(out, StepOutput):
             status = StepStatus(out.status)
         ok = status not in FAILED_STATUSES
@@ -568,6 +606,8 @@ class Runner:
             actor=who,
         )
         await self.store.set_approval_state(ap.id, [ApprovalState.APPROVED], ApprovalState.EXECUTED)
+        self.metrics.step_finished(step.type.name, str(run.status), run.duration_s)
+        self.metrics.action_executed(step.type.name, ok, out.data.get("deleted") if out else None)
         await self.store.audit(
             "action.executed",
             incident_id=inc.id,
@@ -626,6 +666,7 @@ class Runner:
                 audit_kind="approval.cancelled",
                 actor="alert resolved",
             ):
+                self.metrics.approval_closed(ap, "cancelled")
                 await self.store.finish_step(
                     ap.step_run_id,
                     StepStatus.CANCELLED,
@@ -653,6 +694,7 @@ class Runner:
                 actor="expiry",
             ):
                 n += 1
+                self.metrics.approval_closed(ap, "expired")
                 await self.store.finish_step(
                     ap.step_run_id,
                     StepStatus.EXPIRED,

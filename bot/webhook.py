@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -44,6 +45,18 @@ def _authorized(request: web.Request) -> bool:
 
 
 async def handle_alerts(request: web.Request) -> web.Response:
+    """``POST /alerts``, timed for the bot's own metrics (latency by status code)."""
+    started = time.perf_counter()
+    code = 500
+    try:
+        response = await _handle_alerts(request)
+        code = response.status
+        return response
+    finally:
+        request.app[INTAKE].runner.metrics.webhook_request(code, time.perf_counter() - started)
+
+
+async def _handle_alerts(request: web.Request) -> web.Response:
     if not _authorized(request):
         return web.json_response(
             {"status": "error", "error": "missing or wrong bearer token"},

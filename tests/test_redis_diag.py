@@ -361,6 +361,7 @@ async def test_memory_report_streams_with_progress(target: RedisTarget, redis_sy
 async def test_memory_report_skips_keys_deleted_during_the_scan(
     target: RedisTarget, redis_sync: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Pipelines: a key deleted between SCAN and its measurement is counted as vanished, not as 0 bytes."""
     real_scan = redisops.scan_batch
 
     async def scan_then_delete(client: aioredis.Redis, cursor: int, count: int) -> tuple[int, list[bytes]]:
@@ -369,14 +370,77 @@ async def test_memory_report_skips_keys_deleted_during_the_scan(
         return cursor, keys
 
     monkeypatch.setattr(redisops, "scan_batch", scan_then_delete)
-    for scripts in (True, False):
-        redis_sync.flushall()
-        seed_platform(redis_sync)
-        out = await run(target, "redis.memory_report", scripts=scripts)
-        assert out.data["vanished_keys"] == 5
-        assert out.data["scanned_keys"] == 284
-        assert by_prefix(out) == {"agent:": 200, "sess:": 45, "rl:": 30, "bull:": 4}
-        assert "5 keys vanished during the scan" in out.details
+    seed_platform(redis_sync)
+    out = await run(target, "redis.memory_report", scripts=False)
+    assert out.data["vanished_keys"] == 5
+    assert out.data["scanned_keys"] == 284
+    assert by_prefix(out) == {"agent:": 200, "sess:": 45, "rl:": 30, "bull:": 4}
+    assert "5 keys vanished during the scan" in out.details
+
+
+async def test_memory_report_script_measures_what_it_scanned(
+    target: RedisTarget, redis_sync: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script scans and measures in one atomic step: keys deleted afterwards are still counted."""
+    real_fetch = redisops._ReportScript.fetch
+
+    async def fetch_then_delete(
+        self: redisops._ReportScript, cursor: int
+    ) -> tuple[int, list[bytes], list[Any]]:
+        cursor, keys, reply = await real_fetch(self, cursor)
+        sessions = [k for k in keys if k.startswith(b"sess:")][:5]
+        if sessions:
+            redis_sync.delete(*sessions)
+        return cursor, keys, reply
+
+    monkeypatch.setattr(redisops._ReportScript, "fetch", fetch_then_delete)
+    seed_platform(redis_sync)
+    out = await run(target, "redis.memory_report", count=50)
+    assert out.data["method"] == "script"
+    assert out.data["vanished_keys"] == 0
+    assert out.data["scanned_keys"] == 284
+    assert by_prefix(out) == {"agent:": 200, "sess:": 50, "rl:": 30, "bull:": 4}
+    assert redis_sync.dbsize() < 284
+
+
+async def test_memory_report_survives_a_script_cache_flush(
+    aredis: aioredis.Redis, redis_sync: redis.Redis
+) -> None:
+    seed(redis_sync)
+    flushes = 0
+
+    async def flush_scripts(scanned: int, dbsize: int) -> None:
+        nonlocal flushes
+        flushes += 1
+        redis_sync.script_flush()
+
+    r = await redisops.memory_report(aredis, count=20, progress=flush_scripts, progress_every=40)
+    assert flushes >= 3
+    assert r.method == "script"
+    assert r.unavailable == {}
+    assert r.complete
+    assert r.scanned_keys == TOTAL_KEYS
+    assert {t.type: t.keys for t in r.types} == TYPE_KEYS
+
+
+async def test_memory_report_failing_mid_scan_leaves_no_reply_behind(
+    aredis: aioredis.Redis, redis_sync: redis.Redis
+) -> None:
+    """The next batch is requested before the current one is aggregated; an error in between must not
+    leave its reply on a pooled connection for the next command to read."""
+    seed(redis_sync)
+
+    async def boom(scanned: int, dbsize: int) -> None:
+        raise RuntimeError("chat is down")
+
+    with pytest.raises(RuntimeError, match="chat is down"):
+        await redisops.memory_report(aredis, count=20, progress=boom, progress_every=20)
+    for _ in range(5):
+        assert await aredis.ping() is True
+        assert await aredis.dbsize() == TOTAL_KEYS
+    r = await redisops.memory_report(aredis, count=20)
+    assert r.scanned_keys == TOTAL_KEYS
+    assert r.method == "script"
 
 
 # ------------------------------------------------------------------------------------------ slowlog

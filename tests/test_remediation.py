@@ -142,6 +142,60 @@ async def test_evict_stops_at_the_cap(target: Any, redis_sync: redis.Redis) -> N
     assert counts(redis_sync)["agent"] == 750
 
 
+async def test_evict_reaching_the_cap_with_nothing_left_is_not_capped(
+    target: Any, redis_sync: redis.Redis
+) -> None:
+    seed_platform(redis_sync, agents=1000)
+    res = await evict(target.client, "agent:*", ["bull:*"], max_keys=1000, batch=100, count=50)
+    assert res.deleted == 1000 and not res.capped
+    assert counts(redis_sync).get("agent", 0) == 0
+
+
+async def test_evict_counts_only_what_unlink_removed_and_still_honours_the_cap(
+    target: Any, redis_sync: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys deleted by someone else between SCAN and UNLINK do not count towards the cap."""
+    seed_platform(redis_sync, agents=1000)
+    real_unlink = target.client.unlink
+    stolen = 0
+
+    async def unlink_after_a_rival(*keys: bytes) -> Any:
+        nonlocal stolen
+        if stolen < 5:
+            stolen += redis_sync.delete(keys[0])
+        return await real_unlink(*keys)
+
+    monkeypatch.setattr(target.client, "unlink", unlink_after_a_rival)
+    res = await evict(target.client, "agent:*", ["bull:*"], max_keys=500, batch=100, count=50)
+    assert stolen == 5
+    assert res.deleted == 500 and res.capped
+    assert counts(redis_sync)["agent"] == 1000 - 500 - stolen
+
+
+async def test_evict_failing_midway_leaves_the_client_usable(target: Any, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=2000)
+
+    calls = 0
+
+    async def boom(message: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise RuntimeError("chat is down")
+
+    with pytest.raises(RuntimeError, match="chat is down"):
+        await evict(
+            target.client, "agent:*", ["bull:*"], max_keys=10**6, batch=100, count=100,
+            progress=boom, progress_every_s=0,
+        )  # fmt: skip
+    for _ in range(5):
+        assert await target.client.ping() is True
+    left = counts(redis_sync)["agent"]
+    assert 0 < left < 2000
+    res = await evict(target.client, "agent:*", ["bull:*"], max_keys=10**6)
+    assert res.deleted == left and counts(redis_sync).get("agent", 0) == 0
+
+
 async def test_approved_eviction_runs_verifies_and_is_audited(bot: Bot, redis_sync: redis.Redis) -> None:
     seed_platform(redis_sync, agents=2000)
     inc_id = await bot.fire("TestEvict")

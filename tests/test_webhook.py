@@ -243,3 +243,95 @@ alertish = st.fixed_dictionaries(
 async def test_no_input_gives_a_5xx(client: TestClient, body: bytes) -> None:
     resp = await client.post("/alerts", data=body, headers={**AUTH, "Content-Type": "application/json"})
     assert resp.status in (200, 400), (resp.status, await resp.text())
+
+
+# -- the store's group commit -----------------------------------------------------------------------
+
+
+def _item(fingerprint: str, status: str = "firing", alertname: str = "RedisHitRateLow") -> Any:
+    from bot.alerts import Alert
+    from bot.store import IngestItem
+
+    raw = alert_payload(alertname, status, fingerprint=fingerprint)["alerts"][0]
+    return IngestItem(Alert.model_validate(raw), "redis-hit-rate-low", "t:1/0", 0)
+
+
+async def _hold_store_thread(store: Store, seconds: float) -> asyncio.Future[None]:
+    """Keep the store's thread busy, so the ingest calls made meanwhile queue up together."""
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def block() -> None:
+        loop.call_soon_threadsafe(started.set)
+        time.sleep(seconds)
+
+    held = asyncio.ensure_future(store._run(block))
+    await started.wait()
+    return held
+
+
+async def test_concurrent_ingests_commit_together_each_with_its_own_result(tmp_path: Path) -> None:
+    store = await Store(tmp_path / "s.sqlite3").open()
+    try:
+        (known,) = (await store.ingest([_item("known")])).new
+        before = store.ingest_transactions
+        held = await _hold_store_thread(store, 0.2)
+        calls = [store.ingest([_item(f"n{i}a"), _item(f"n{i}b")]) for i in range(20)] + [
+            store.ingest([_item("known"), _item("n3a")]),  # both already stored by then
+            store.ingest([_item("twice"), _item("twice")]),  # a repeat within one notification
+            store.ingest([_item("n5b", "resolved")]),  # resolves what the same group opened
+        ]
+        results = await asyncio.gather(*calls)
+        await held
+        assert store.ingest_transactions == before + 1
+        for i, r in enumerate(results[:20]):
+            assert len(r.new) == 2 and r.duplicates == 0 and r.resolved == [], i
+        new_ids = [n for r in results[:20] for n in r.new]
+        assert new_ids == sorted(new_ids) and new_ids[0] > known  # arrival order
+        assert results[20].new == [] and results[20].duplicates == 2
+        assert len(results[21].new) == 1 and results[21].duplicates == 1
+        assert results[22].resolved == [results[5].new[1]]
+        incs = {i.fingerprint: i for i in await store.list_incidents(limit=100, steps=False)}
+        assert len(incs) == 1 + 40 + 1
+        assert incs["n5b"].alert_status == "resolved"
+        received = [e for e in await store.list_audit(limit=1000) if e.kind == "alert.received"]
+        assert len(received) == 1 + 40 + 2 + 2 + 1
+        dups = [e.detail["fingerprint"] for e in received if e.detail["duplicate"]]
+        assert sorted(dups) == ["known", "n3a", "twice"]
+    finally:
+        await store.close()
+
+
+async def test_one_failing_notification_does_not_fail_its_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from bot.errors import StoreError
+
+    store = await Store(tmp_path / "s.sqlite3").open()
+    real = Store._resolve_alert
+
+    def refuse_bad(self: Store, conn: Any, it: Any, now: float, result: Any) -> Any:
+        if it.alert.fingerprint == "bad":
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(self, conn, it, now, result)
+
+    monkeypatch.setattr(Store, "_resolve_alert", refuse_bad)
+    try:
+        held = await _hold_store_thread(store, 0.2)
+        calls = [
+            store.ingest([_item("g1")]),
+            store.ingest([_item("bad", "resolved")]),
+            store.ingest([_item("g2")]),
+        ]
+        ok1, bad, ok2 = await asyncio.gather(*calls, return_exceptions=True)
+        await held
+        assert isinstance(bad, StoreError) and "disk I/O error" in str(bad)
+        assert not isinstance(ok1, BaseException) and len(ok1.new) == 1
+        assert not isinstance(ok2, BaseException) and len(ok2.new) == 1
+        assert sorted(i.fingerprint for i in await store.list_incidents(steps=False)) == ["g1", "g2"]
+    finally:
+        await store.close()
+    with pytest.raises(StoreError, match="closed"):
+        await store.ingest([_item("late")])

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bot.incidents import Approval, ApprovalState, Incident, StepRun, StepStatus
+from bot.notifier import NoticeLevel
 from bot.planview import describe_plan
 
 ICONS = {
@@ -91,6 +92,9 @@ class ConsoleNotifier:
         by = f" by {approval.decided_by}" if approval.decided_by else ""
         verb = "APPROVED" if approval.state == ApprovalState.APPROVED else str(approval.state).upper()
         self._say(f"#{incident.id} {approval.step_id}: {verb}{by}")
+
+    async def notice(self, text: str, level: NoticeLevel = "info") -> None:
+        self._say(("WARNING: " if level == "warning" else "") + text)
 
     async def close(self) -> None:
         return None

@@ -10,5 +10,6 @@ from bot.steps.registry import REGISTRY, Plan, StepContext, StepOutput, StepPara
 from bot.steps import redis_actions as _redis_actions  # noqa: F401  isort: skip
 from bot.steps import redis_diag as _redis_diag  # noqa: F401  isort: skip
 from bot.steps import redis_verify as _redis_verify  # noqa: F401  isort: skip
+from bot.steps import prometheus as _prometheus  # noqa: F401  isort: skip
 
 __all__ = ["REGISTRY", "Plan", "StepContext", "StepOutput", "StepParams", "StepType", "action", "step"]

@@ -11,13 +11,16 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.redisconn import RedisTarget
 
-StepStatus = Literal["ok", "warning", "failed"]
+if TYPE_CHECKING:
+    from bot.prom import PromClient
+
+StepStatus = Literal["ok", "warning", "failed", "skipped"]
 
 
 class StepParams(BaseModel):
@@ -31,7 +34,9 @@ class StepOutput(BaseModel):
 
     ``status`` is ``ok`` when nothing needs attention, ``warning`` when the step found a problem
     worth reading (e.g. a slow command), ``failed`` when a check did not hold (e.g. a verification
-    that shows the action did not help). Exceptions are for steps that could not run at all.
+    that shows the action did not help), ``skipped`` when the step does not apply to this setup
+    (e.g. a Prometheus step when no Prometheus is configured). Exceptions are for steps that could
+    not run at all.
     """
 
     summary: str
@@ -75,8 +80,9 @@ async def _no_progress(_message: str) -> None:
 class StepContext:
     """What a step may touch: the target's Redis client, the alert's labels, and a progress callback.
 
-    Steps reach Redis (and later Prometheus) only through the clients given here, which keeps them
-    testable against a real server and lets the runner pick least-privilege credentials.
+    Steps reach Redis and Prometheus only through the clients given here, which keeps them testable
+    against real servers and lets the runner pick least-privilege credentials. ``prometheus`` is None
+    when the config has no ``prometheus`` section.
     """
 
     target: RedisTarget
@@ -84,6 +90,7 @@ class StepContext:
     protected_patterns: tuple[str, ...] = ("bull:*",)
     progress: ProgressFn = _no_progress
     settings: dict[str, Any] = field(default_factory=dict)
+    prometheus: PromClient | None = None
 
 
 P = TypeVar("P", bound=StepParams)

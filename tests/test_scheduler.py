@@ -1,0 +1,345 @@
+"""Scheduled jobs in the running service: health probe (open, merge, resolve), approval expiry,
+backup freshness, digest, and a failing job that is counted without stopping the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from aiohttp.test_utils import TestClient
+
+from bot.app import SCHEDULER, STORE, create_app
+from bot.config import JobSchedule, cron_trigger, load_config
+from bot.errors import ConfigError
+from bot.incidents import ApprovalState, Incident, IncidentState
+from bot.intake import PROBE_SOURCE
+from bot.notifier import NoticeLevel
+from bot.scheduler import Scheduler
+from tests.conftest import RecordingNotifier, RedisServer, alert_payload, wait_for, write_config
+from tests.stack import Alertmanager
+
+FAST_PROBE = """\
+scheduler:
+  health_probe: {every: 200ms, timeout: 500ms, failures: 2}
+  approval_expiry: {enabled: false}
+  backup_check: {enabled: false}
+  digest: {enabled: false}
+"""
+
+
+class Notices(RecordingNotifier):
+    """The conftest recorder plus the channel-level ``notice`` (digests, backup warnings)."""
+
+    async def notice(self, text: str, level: NoticeLevel = "info") -> None:
+        self._add("notice", (level, text))
+
+
+async def start_app(aiohttp_client: Any, tmp_path: Path, url: str, extra: str = FAST_PROBE) -> TestClient:
+    cfg = load_config(write_config(tmp_path, url, extra))
+    return await aiohttp_client(create_app(cfg, notifier=Notices(), webhook_token=""))  # type: ignore[no-any-return]
+
+
+def scheduler_of(client: TestClient) -> Scheduler:
+    return client.app[SCHEDULER]
+
+
+async def incidents(client: TestClient) -> list[Incident]:
+    return await client.app[STORE].list_incidents(limit=100, steps=True)
+
+
+async def probe_incident(client: TestClient) -> Incident | None:
+    return next((i for i in await incidents(client) if i.source == PROBE_SOURCE), None)
+
+
+def when(predicate: Callable[[Incident], bool]) -> Callable[[TestClient], Any]:
+    async def check(client: TestClient) -> Incident | None:
+        inc = await probe_incident(client)
+        return inc if inc is not None and predicate(inc) else None
+
+    return check
+
+
+# -- the health probe --------------------------------------------------------------------------------
+
+
+async def test_probe_opens_and_resolves_redis_down(
+    aiohttp_client: Any, tmp_path: Path, make_redis: Any
+) -> None:
+    server: RedisServer = make_redis()
+    client = await start_app(aiohttp_client, tmp_path, server.url)
+    await asyncio.sleep(0.5)
+    assert await incidents(client) == [], "a healthy target opens nothing"
+
+    await asyncio.to_thread(server.stop)
+    opened = await wait_for(lambda: when(lambda i: i.status == IncidentState.FAILED)(client), timeout=10)
+    assert opened.alertname == "RedisDown" and opened.alert_status == "firing"
+    assert opened.playbook == "redis-down" and opened.target == f"127.0.0.1:{server.port}/0"
+    assert opened.fingerprint == f"probe:{opened.target}"
+    assert opened.labels["job"] == "redis", "the target's match labels ride along (selectors)"
+    assert "did not answer 2 PINGs in a row" in opened.annotations["summary"]
+    assert opened.steps[0].step_id == "ping" and opened.steps[0].status == "error", "the playbook ran"
+    await asyncio.sleep(0.6)
+    assert len(await incidents(client)) == 1, "still down: no second incident"
+    notifier = client.app[SCHEDULER].notifier.inner
+    assert any(i.id == opened.id for i in notifier.of("opened"))
+
+    await asyncio.to_thread(server.start)
+    resolved = await wait_for(lambda: when(lambda i: i.alert_status == "resolved")(client), timeout=10)
+    assert resolved.id == opened.id and resolved.status == IncidentState.RESOLVED
+    metrics = client.app[SCHEDULER].metrics
+    assert metrics.probe_up.labels(opened.target)._value.get() == 1
+    assert metrics.call_errors.labels("redis")._value.get() >= 2
+
+
+async def test_alertmanager_redisdown_merges_into_the_probe_incident(
+    aiohttp_client: Any, tmp_path: Path, make_redis: Any
+) -> None:
+    """A real Alertmanager delivers RedisDown for the target the probe already reported."""
+    server: RedisServer = make_redis()
+    client = await start_app(aiohttp_client, tmp_path, server.url)
+    await asyncio.to_thread(server.stop)
+    probe = await wait_for(lambda: when(lambda i: i.status != IncidentState.NEW)(client), timeout=10)
+
+    am = Alertmanager(tmp_path / "am", webhook_url=str(client.make_url("/alerts")))
+    with am:
+        labels = {
+            "alertname": "RedisDown",
+            "job": "redis",
+            "instance": "127.0.0.1:9121",
+            "severity": "critical",
+        }
+        starts = datetime.now(UTC) - timedelta(minutes=1)
+        am.post_alerts([{"labels": labels, "startsAt": starts.isoformat()}])
+        merged = await wait_for(lambda: first(client, source="alertmanager"), timeout=10)
+        assert merged.status == IncidentState.UNMATCHED and merged.steps == []
+        assert (
+            merged.note
+            == f"merged into incident #{probe.id}, which the bot's health probe opened for {probe.target}"
+        )
+        open_ones = [i for i in await incidents(client) if i.status != IncidentState.UNMATCHED]
+        assert [i.id for i in open_ones] == [probe.id], "one incident for one outage"
+
+        await asyncio.to_thread(server.start)
+        await wait_for(lambda: when(lambda i: i.status == IncidentState.RESOLVED)(client), timeout=10)
+        am.post_alerts(
+            [{"labels": labels, "startsAt": starts.isoformat(), "endsAt": datetime.now(UTC).isoformat()}]
+        )
+        done = await wait_for(
+            lambda: first(client, source="alertmanager", predicate=lambda i: i.alert_status == "resolved"),
+            timeout=10,
+        )
+        assert done.id == merged.id
+    assert len(await incidents(client)) == 2
+
+
+async def first(
+    client: TestClient, *, source: str, predicate: Callable[[Incident], bool] = lambda i: True
+) -> Incident | None:
+    return next((i for i in await incidents(client) if i.source == source and predicate(i)), None)
+
+
+async def test_probe_joins_an_alertmanager_incident(
+    aiohttp_client: Any, tmp_path: Path, make_redis: Any
+) -> None:
+    server: RedisServer = make_redis()
+    client = await start_app(aiohttp_client, tmp_path, server.url)
+    await asyncio.to_thread(server.stop)
+    resp = await client.post("/alerts", json=alert_payload("RedisDown", fingerprint="am-down"))
+    am_id = (await resp.json())["new_incidents"][0]
+    store = client.app[STORE]
+
+    async def audited(kind: str) -> bool:
+        return any(e.kind == kind for e in await store.list_audit(incident_id=am_id))
+
+    await wait_for(lambda: audited("probe.down"), timeout=10)
+    assert [i.id for i in await incidents(client)] == [am_id], "the probe opened nothing of its own"
+    await asyncio.to_thread(server.start)
+    await wait_for(lambda: audited("probe.recovered"), timeout=10)
+    inc = await store.get_incident(am_id)
+    assert inc.alert_status == "firing", "Alertmanager's incident is Alertmanager's to resolve"
+
+
+async def test_probe_sweeps_its_incident_left_from_a_restart(
+    aiohttp_client: Any, tmp_path: Path, make_redis: Any
+) -> None:
+    server: RedisServer = make_redis()
+    cfg_extra = FAST_PROBE
+    first_app = await start_app(aiohttp_client, tmp_path, server.url, cfg_extra)
+    await asyncio.to_thread(server.stop)
+    left = await wait_for(lambda: when(lambda i: i.status != IncidentState.NEW)(first_app), timeout=10)
+    await first_app.close()
+    await asyncio.to_thread(server.start)
+    again = await start_app(aiohttp_client, tmp_path, server.url, cfg_extra)
+    swept = await wait_for(lambda: when(lambda i: i.alert_status == "resolved")(again), timeout=10)
+    assert swept.id == left.id
+
+
+# -- approval expiry, backups, digest -----------------------------------------------------------------
+
+EVICT = """\
+name: evict-test
+match: {alertname: TestEvict}
+steps:
+  - {id: evict, run: redis.evict, with: {pattern: "agent:*"}}
+"""
+
+
+async def test_approval_expiry_job(
+    aiohttp_client: Any, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+) -> None:
+    redis_sync.set("agent:1", "x")
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "playbooks" / "evict.yaml").write_text(EVICT)
+    extra = (
+        "playbooks: playbooks\napprovals: {ttl: 1s}\n"
+        "scheduler:\n  health_probe: {enabled: false}\n  approval_expiry: {every: 200ms}\n"
+    )
+    client = await start_app(aiohttp_client, tmp_path, redis_server.url, extra)
+    resp = await client.post("/alerts", json=alert_payload("TestEvict"))
+    inc_id = (await resp.json())["new_incidents"][0]
+    store = client.app[STORE]
+
+    async def expired() -> bool:
+        return (await store.get_incident(inc_id, steps=False)).status == IncidentState.DIAGNOSED
+
+    await wait_for(expired, timeout=10)
+    inc = await store.get_incident(inc_id)
+    assert inc.note == "approval for evict expired" and inc.pending_step is None
+    assert inc.steps[-1].status == "expired"
+    assert client.app[SCHEDULER].metrics.approvals.labels(str(ApprovalState.EXPIRED))._value.get() == 1
+    assert redis_sync.exists("agent:1"), "nothing ran"
+
+
+async def test_backup_check_warns_once_and_when_healthy_again(
+    aiohttp_client: Any, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+) -> None:
+    extra = "scheduler:\n  health_probe: {enabled: false}\n  backup_check: {cron: '0 0 1 1 *', max_age: 1s}\n"
+    client = await start_app(aiohttp_client, tmp_path, redis_server.url, extra)
+    sched = scheduler_of(client)
+    notices = sched.notifier.inner
+    lastsave = redis_sync.lastsave()
+    await asyncio.sleep(1.1)  # the last save (at least the server's start) is now older than 1 s
+    await sched.backups.run()
+    await sched.backups.run()
+    warnings = [t for lvl, t in notices.of("notice") if lvl == "warning"]
+    assert len(warnings) == 1, "warned once, not on every run"
+    assert warnings[0].startswith(
+        f"Backups of 127.0.0.1:{redis_server.port}/0: backup not fresh: last snapshot"
+    )
+
+    sched.backups.cfg = sched.backups.cfg.model_copy(update={"max_age": 3600.0})
+    redis_sync.bgsave()
+    await wait_for(lambda: redis_sync.lastsave() != lastsave, timeout=10)
+    await sched.backups.run()
+    assert notices.of("notice")[-1][0] == "info" and "healthy again" in notices.of("notice")[-1][1]
+
+
+async def test_digest(
+    aiohttp_client: Any, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+) -> None:
+    redis_sync.set("k", "v")
+    redis_sync.get("k")
+    redis_sync.get("missing")
+    extra = "scheduler:\n  health_probe: {enabled: false}\n  digest: {cron: '0 9 * * 1-5', period: 24h}\n"
+    client = await start_app(aiohttp_client, tmp_path, redis_server.url, extra)
+    await client.post("/alerts", json=alert_payload("NoSuchPlaybook"))
+    text = await scheduler_of(client).send_digest()
+    lines = text.splitlines()
+    assert lines[0].startswith("Digest of the last 24 h (since ")
+    assert lines[1] == "- incidents: 1 (NoSuchPlaybook 1); now unmatched 1; 0 still open"
+    assert lines[2] == "- actions: 0 executed (0 ok, 0 failed), 0 keys deleted"
+    assert lines[3].startswith("- approvals: 0 asked;")
+    assert lines[4].startswith(f"- 127.0.0.1:{redis_server.port}/0: hit rate 50.0%, memory peak ")
+    assert lines[4].endswith("(Redis, since its start)")
+    assert ("info", text) in scheduler_of(client).notifier.inner.of("notice")
+
+
+# -- the scheduler itself -----------------------------------------------------------------------------
+
+
+async def test_failing_job_is_counted_and_the_scheduler_keeps_running(
+    aiohttp_client: Any, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+) -> None:
+    extra = "scheduler:\n  health_probe: {enabled: false}\n"
+    client = await start_app(aiohttp_client, tmp_path, redis_server.url, extra)
+    sched = scheduler_of(client)
+    assert set(sched.job_ids()) == {"approval_expiry", "backup_check", "digest"}
+    ticks: list[float] = []
+
+    async def boom() -> None:
+        raise RuntimeError("this job always fails")
+
+    async def tick() -> None:
+        ticks.append(time.monotonic())
+
+    async def slow() -> None:
+        await asyncio.sleep(0.5)
+
+    every = JobSchedule(every=0.1)
+    sched.add("boom", boom, every)
+    sched.add("tick", tick, every)
+    sched.add("slow", slow, every)
+    await asyncio.sleep(1.2)
+    assert sched.running
+    m = sched.metrics
+    assert m.job_runs.labels("boom", "error")._value.get() >= 5
+    assert len(ticks) >= 5, "the other jobs go on"
+    assert m.job_runs.labels("slow", "ok")._value.get() >= 1
+    assert m.job_runs.labels("slow", "skipped")._value.get() >= 1, (
+        "max_instances=1: overlapping runs are skipped"
+    )
+
+    body = await (await client.get("/metrics")).text()
+    assert 'remediation_bot_scheduler_job_runs_total{job="boom",outcome="error"}' in body
+
+
+async def test_scheduler_off_and_on(aiohttp_client: Any, tmp_path: Path, redis_server: RedisServer) -> None:
+    off = await start_app(aiohttp_client, tmp_path, redis_server.url, "scheduler: {enabled: false}\n")
+    assert SCHEDULER not in off.app
+    (tmp_path / "on").mkdir()
+    on = await start_app(aiohttp_client, tmp_path / "on", redis_server.url, "")
+    assert set(scheduler_of(on).job_ids()) == {"health_probe", "approval_expiry", "backup_check", "digest"}
+
+
+# -- config ------------------------------------------------------------------------------------------
+
+
+def test_cron_uses_crontab_weekdays() -> None:
+    # APScheduler 3's own from_crontab would read 1-5 as Tuesday..Saturday.
+    assert str(cron_trigger("0 9 * * 1-5").fields[4]) == "mon,tue,wed,thu,fri"
+    assert str(cron_trigger("0 9 * * 0").fields[4]) == "sun"
+    assert str(cron_trigger("0 9 * * 7").fields[4]) == "sun"
+    assert str(cron_trigger("0 9 * * sat,sun").fields[4]) == "sun,sat"
+    nxt = cron_trigger("0 9 * * 1").get_next_fire_time(
+        None, datetime(2026, 11, 25, tzinfo=UTC)
+    )  # a Wednesday
+    assert nxt is not None and nxt.weekday() == 0 and nxt.day == 30
+
+
+def test_scheduler_config_problems_are_all_reported(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        "redis://127.0.0.1:6379/0",
+        "scheduler:\n  timezone: Mars/Olympus\n  digest: {cron: '0 9 * *'}\n"
+        "  backup_check: {cron: '0 * * * *', every: 5m}\n  health_probe: {failures: 0}\n"
+        "prometheus: {url: 'prometheus:9090', selector: '{job=\"redis\"}'}\n",
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    text = str(exc.value)
+    assert "6 problems found" in text
+    for expected in (
+        "scheduler.timezone: unknown time zone 'Mars/Olympus'",
+        "scheduler.digest.cron: expected 5 fields (minute hour day month weekday), got 4",
+        "scheduler.backup_check: give either cron or every, not both",
+        "scheduler.health_probe.failures: Input should be greater than or equal to 1",
+        "prometheus.url: must start with http:// or https://",
+        'prometheus.selector: write the matchers without braces, e.g. instance="{{ labels.instance }}"',
+    ):
+        assert expected in text, text
