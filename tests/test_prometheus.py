@@ -21,6 +21,7 @@ from aiohttp import web
 from bot.config import load_config
 from bot.errors import ConfigError
 from bot.incidents import IncidentState, StepStatus
+from bot.localstack import Prometheus, RedisExporter, Stack
 from bot.playbook import load_playbooks
 from bot.prom import PromClient, PrometheusQueryError, PrometheusUnavailable, render, template_problems
 from bot.redisconn import RedisTarget
@@ -29,7 +30,6 @@ from bot.steps import REGISTRY, StepContext, StepOutput
 from bot.steps import prometheus as promsteps
 from bot.store import IngestItem, Store
 from tests.conftest import RecordingNotifier, RedisServer, write_config
-from tests.stack import Prometheus, RedisExporter, Stack
 
 
 class PromStack:

@@ -797,3 +797,18 @@ async def test_steps_degrade_for_a_least_privilege_acl_user(
 
     with pytest.raises(CommandNotAllowed, match="does not allow this command"):
         await run(t, "redis.slowlog")
+
+
+@pytest.mark.parametrize(
+    ("misses", "evicted", "expired", "expected"),
+    [
+        (1000, 500, 0, "evictions: 500 keys evicted"),
+        (1000, 10, 400, "expiry: 400 keys expired"),
+        (1000, 0, 0, "never cached"),
+        (0, 0, 0, "never cached"),
+    ],
+)
+def test_likely_miss_cause(misses: int, evicted: int, expired: int, expected: str) -> None:
+    from bot.steps.redis_diag import likely_miss_cause
+
+    assert expected in likely_miss_cause(misses, evicted, expired, "allkeys-lru")

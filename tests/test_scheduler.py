@@ -19,10 +19,10 @@ from bot.config import JobSchedule, cron_trigger, load_config
 from bot.errors import ConfigError
 from bot.incidents import ApprovalState, Incident, IncidentState
 from bot.intake import PROBE_SOURCE
+from bot.localstack import Alertmanager
 from bot.notifier import NoticeLevel
 from bot.scheduler import Scheduler
 from tests.conftest import RecordingNotifier, RedisServer, alert_payload, wait_for, write_config
-from tests.stack import Alertmanager
 
 FAST_PROBE = """\
 scheduler:

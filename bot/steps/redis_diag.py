@@ -653,8 +653,11 @@ async def keyspace(ctx: StepContext, p: KeyspaceParams) -> StepOutput:
     )
     if r.sampled:
         summary += f"; {with_ttl / r.sampled:.0%} of {r.sampled} sampled keys have a TTL"
+    cause = likely_miss_cause(r.misses, r.evicted_keys, r.expired_keys, r.policy) if low else None
     if low:
         summary = f"low hit ratio (< {p.hit_ratio_warn:.0%}): {summary}"
+        if cause:
+            summary += f". Likely cause: {cause}"
     freq = r.activity_metric == "freq"
     rows = [
         [
@@ -671,9 +674,29 @@ async def keyspace(ctx: StepContext, p: KeyspaceParams) -> StepOutput:
     details = table(["prefix", "sampled", "with TTL", f"{label} p50", f"{label} p90", "TTL p50 s"], rows)
     return StepOutput(
         summary=summary + _unavailable_note(r.unavailable),
-        data=redisops.to_jsonable(r) | {"hit_ratio_warn": p.hit_ratio_warn},
+        data=redisops.to_jsonable(r) | {"hit_ratio_warn": p.hit_ratio_warn, "likely_cause": cause},
         status="warning" if low else "ok",
         details=_join_details(details if rows else "", _unavailable_details(r.unavailable)),
+    )
+
+
+def likely_miss_cause(misses: int, evicted: int, expired: int, policy: str | None) -> str:
+    """Name the most likely reason for a low hit ratio from what Redis counts.
+
+    Misses come from keys that were evicted (memory pressure), keys that expired (TTLs shorter
+    than the read interval), or keys that were never written (a cold cache, a changed key scheme,
+    or lookups of IDs that do not exist: cache penetration/poisoning).
+    """
+    if misses and evicted >= 0.1 * misses:
+        return (
+            f"evictions: {evicted} keys evicted under memory pressure (policy {policy or 'n/a'});"
+            " raise maxmemory or give cold namespaces shorter TTLs"
+        )
+    if misses and expired >= 0.1 * misses:
+        return f"expiry: {expired} keys expired; TTLs may be shorter than how often keys are read"
+    return (
+        "lookups of keys that were never cached (few evictions or expiries): a cold cache,"
+        " a changed key scheme, or requests for IDs that do not exist (cache penetration)"
     )
 
 

@@ -1,4 +1,6 @@
-"""Real Prometheus, redis_exporter and Alertmanager processes for tests, on free loopback ports.
+"""Real Prometheus, redis_exporter and Alertmanager processes on free loopback ports.
+
+Used by ``make demo`` (the whole loop on one machine) and by the end-to-end tests.
 
 The Debian packages' binaries (``prometheus``, ``prometheus-redis-exporter``,
 ``prometheus-alertmanager``; ``make install`` installs them) run exactly as in production, with
@@ -29,8 +31,10 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -43,9 +47,14 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import free_port
-
 _LIVE: set[Process] = set()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the processes retry if another takes it first)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @atexit.register
@@ -67,7 +76,7 @@ def find_binary(name: str, package: str) -> str:
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     """(status, body) of a GET; status 0 when nothing answered."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - our own loopback servers
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
@@ -77,9 +86,11 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 def http_post(url: str, body: Any, timeout: float = 5.0) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if not isinstance(body, bytes) else body
-    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(  # noqa: S310 - our own loopback servers
+        url, data=data, method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
@@ -141,7 +152,7 @@ class Process:
             self.prepare()
             binary = find_binary(self.binary, self.package)
             with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
+                self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                     [binary, *self.args()],
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -409,6 +420,11 @@ class Stack:
         self.processes.append(proc)
         return proc.start()
 
+    def redis(self, extra: Sequence[str] = ()) -> RedisServer:
+        n = sum(isinstance(p, RedisServer) for p in self.processes)
+        result: RedisServer = self._add(RedisServer(self.workdir / f"redis{n}", extra))
+        return result
+
     def exporter(self, redis_url: str, extra: Sequence[str] = ()) -> RedisExporter:
         n = sum(isinstance(p, RedisExporter) for p in self.processes)
         result: RedisExporter = self._add(RedisExporter(self.workdir / f"exporter{n}", redis_url, extra))
@@ -435,3 +451,47 @@ class Stack:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class RedisServer(Process):
+    """A throwaway redis-server (no persistence unless asked), ready when it answers PING."""
+
+    name = "redis"
+    binary = "redis-server"
+    package = "redis-server"
+
+    def __init__(self, workdir: Path, extra: Sequence[str] = ()) -> None:
+        super().__init__(workdir)
+        self.extra = list(extra)
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.address}/0"
+
+    def args(self) -> list[str]:
+        return [
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            *self.extra,
+        ]
+
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+def fast_rules(text: str, for_: str = "0s") -> str:
+    """The alert rules with every ``for:`` shortened, so a demo or test sees alerts fire in seconds."""
+    return re.sub(r"(?m)^(\s*)for: \S+", lambda m: f"{m.group(1)}for: {for_}", text)
