@@ -257,6 +257,11 @@ async def _up(c: PromClient, sel: str, w: str, p: OverviewParams) -> _Section:
     )
 
 
+def _full_in(ttf: float) -> str:
+    """Time to full in words; under a minute the linear fit is too rough for more precision."""
+    return "full within a minute at this rate" if ttf < 60 else f"full in ~{format_duration(ttf)}"
+
+
 async def _memory(c: PromClient, sel: str, w: str, p: OverviewParams) -> _Section:
     used, limit, fit_now, fit_hour = await c.values(
         [
@@ -295,12 +300,12 @@ async def _memory(c: PromClient, sel: str, w: str, p: OverviewParams) -> _Sectio
     if limit and per_hour > 0 and not steady:
         ttf = max(0.0, (limit - fit_now) / (per_hour / 3600.0))
         data["time_to_full_s"] = round(ttf, 1)
-        trend += " -> full now" if ttf == 0 else f" -> full in ~{format_duration(ttf)}"
+        trend += f" -> {_full_in(ttf)}"
     data["full_within_horizon"] = ttf is not None and ttf <= p.horizon
     warn = (ratio is not None and ratio >= p.memory_warn) or bool(data["full_within_horizon"])
     short = f"memory {fmt(ratio, 'ratio') if ratio is not None else human_bytes(used)}"
     if ttf is not None:
-        short += f" (full in ~{format_duration(ttf)})"
+        short += f" ({_full_in(ttf)})"
     return _Section(short, f"{head}; {trend} (predict_linear over {format_duration(p.window)})", data, warn)
 
 
