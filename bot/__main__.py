@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
         d = cmd(verb, f"{verb.capitalize()} the step waiting for approval in incident ID.")
         d.add_argument("id", type=int, help="incident id (see `incidents`)")
         d.add_argument("--as", dest="actor", help="who decides (default: cli:USER@HOST)")
+        d.add_argument(
+            "--yes", "-y", action="store_true", help="do not show the plan and ask first (on a terminal)"
+        )
         d.add_argument("--json", action="store_true")
 
     a = cmd("audit", "Show the audit trail (append-only).")
@@ -174,6 +177,18 @@ async def cmd_incidents(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _confirm(step_id: str, plan: dict[str, Any], plan_hash: str) -> bool:
+    """On a terminal, show the exact plan and ask: at 3 a.m. nobody should approve blind."""
+    from bot.planview import describe_plan
+
+    print(f"Step {step_id} will do this (plan {plan_hash[:12]}):")
+    print(describe_plan(plan))
+    try:
+        return input("Approve? [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
 async def cmd_decide(args: argparse.Namespace, config: Config, playbooks: PlaybookSet, approve: bool) -> int:
     from bot.chat.console import ConsoleNotifier
     from bot.runner import Runner
@@ -182,6 +197,11 @@ async def cmd_decide(args: argparse.Namespace, config: Config, playbooks: Playbo
     notifier = ConsoleNotifier(stream=sys.stderr if args.json else sys.stdout, config_path=args.config)
     runner = Runner(config, playbooks, store, notifier)
     try:
+        if approve and not args.yes and not args.json and sys.stdin.isatty():
+            pending = await store.pending_approval(args.id)
+            if pending is not None and not _confirm(pending.step_id, pending.plan, pending.plan_hash):
+                print("not approved; nothing was changed")
+                return EXIT_OK
         report = await runner.decide(args.id, _actor(args.actor), approve)
     finally:
         await runner.stop()
