@@ -23,6 +23,7 @@ from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chat.slack import SlackNotifier
@@ -42,11 +43,17 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 def web_client(settings: SlackSettings) -> AsyncWebClient:
-    """The Web API client: every call has a timeout; the base URL honours ``SLACK_API_URL``."""
+    """The Web API client: every call has a timeout; the base URL honours ``SLACK_API_URL``.
+
+    A rate-limited call (HTTP 429, e.g. a burst of step results) is retried once after Slack's
+    Retry-After; the notifier's own timeout still bounds the whole call.
+    """
     kwargs: dict[str, Any] = {"token": settings.bot_token, "timeout": max(1, settings.timeout)}
     if settings.api_url:
         kwargs["base_url"] = settings.api_url.rstrip("/") + "/"
-    return AsyncWebClient(**kwargs)
+    client = AsyncWebClient(**kwargs)
+    client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=1))
+    return client
 
 
 def check_config(config: Config) -> None:

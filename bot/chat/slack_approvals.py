@@ -94,7 +94,15 @@ class Approvers:
                 log.warning("cannot read approver group %s: %s", self.group, exc)
                 return f"the bot could not check the approver group right now ({exc}); try again in a minute."
         group = f" or a member of the approver group `{self.group}`" if self.group else ""
-        return f"you are not on the bot's approver list{group}. Ask an approver to decide."
+        ask = "an approver"
+        if self.users:
+            shown = sorted(self.users)[:5]
+            ask = ", ".join(f"<@{u}>" for u in shown) + (
+                " or another approver" if len(self.users) > 5 else ""
+            )
+            if self.group:
+                ask += f" or someone in `{self.group}`"
+        return f"you are not on the bot's approver list{group}. Ask {ask} to decide."
 
 
 @dataclass

@@ -10,6 +10,7 @@ are open to anyone in the channel. Anything that changes data (``run`` of a play
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ HELP = [
 
 
 class Usage(BotError):
-    """The command was typed wrong; the message says how to type it."""
+    """The command was typed wrong; the message (Slack mrkdwn, user input escaped) says how to type it."""
 
 
 @dataclass
@@ -161,7 +162,7 @@ class Commands:
         try:
             text, blocks = await handler(req)
         except Usage as exc:
-            await respond(text=str(exc), blocks=[mrkdwn(f":warning: {esc(exc)}")], response_type="ephemeral")
+            await respond(text=str(exc), blocks=[mrkdwn(f":warning: {exc}")], response_type="ephemeral")
             return
         except BotError as exc:
             await respond(
@@ -187,9 +188,12 @@ class Commands:
     @staticmethod
     def _number(value: str, what: str, usage: str) -> float:
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            raise Usage(f"{what} must be a number; usage: `{COMMAND} {usage}`") from None
+            number = math.nan
+        if not math.isfinite(number):
+            raise Usage(f"{what} must be a number; usage: `{COMMAND} {esc(usage)}`")
+        return number
 
     # -- read-only subcommands ------------------------------------------------------------------
 
@@ -327,7 +331,7 @@ class Commands:
         try:
             evict_playbook(pattern)
         except BotError as exc:
-            raise Usage(f"refused pattern {code(pattern)}: {exc}") from None
+            raise Usage(f"refused pattern {code(pattern)}: {esc(exc)}") from None
         return await self._start(req, f"{EVICT_PREFIX}{pattern}", target, f"eviction of {code(pattern)}")
 
     async def _start(
