@@ -23,6 +23,7 @@ from bot.alerts import Alert
 from bot.config import Config, load_config
 from bot.errors import AlreadyDecided, BotError, ConfigError, NotFound, Problem
 from bot.logs import setup_logging
+from bot.notifier import Notifier
 from bot.playbook import PlaybookSet, load_playbooks
 from bot.redisconn import RedisTarget, default_name, redact_url
 from bot.store import IngestItem, Store
@@ -39,6 +40,8 @@ examples:
 environment:
   BOT_WEBHOOK_TOKEN   bearer token Alertmanager must send to POST /alerts (unset: no auth)
   SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET, SLACK_APP_TOKEN   Slack (unset: console notifier)
+  SLACK_API_URL       Slack Web API base URL (a proxy, Enterprise Grid, or a local fake)
+  PROMETHEUS_BEARER_TOKEN, PROMETHEUS_USERNAME, PROMETHEUS_PASSWORD   Prometheus credentials
 """
 
 
@@ -177,6 +180,21 @@ async def cmd_incidents(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
+def _cli_notifier(config: Config, store: Store, console: Notifier) -> Notifier:
+    """The console, plus Slack when its tokens are set: a decision taken here must also replace
+    the buttons in the incident's Slack thread, or a later click would meet a stale message."""
+    from bot.chat.slack_settings import SlackSettings
+
+    slack = SlackSettings.from_env()
+    if slack is None or not config.slack.channel:
+        return console
+    from bot.chat.slack import SlackNotifier
+    from bot.chat.slack_app import web_client
+    from bot.notifier import FanoutNotifier
+
+    return FanoutNotifier(console, SlackNotifier(web_client(slack), config.slack, lambda: store))
+
+
 def _confirm(step_id: str, plan: dict[str, Any], plan_hash: str) -> bool:
     """On a terminal, show the exact plan and ask: at 3 a.m. nobody should approve blind."""
     from bot.planview import describe_plan
@@ -194,7 +212,11 @@ async def cmd_decide(args: argparse.Namespace, config: Config, playbooks: Playbo
     from bot.runner import Runner
 
     store = await _with_store(config)
-    notifier = ConsoleNotifier(stream=sys.stderr if args.json else sys.stdout, config_path=args.config)
+    notifier = _cli_notifier(
+        config,
+        store,
+        ConsoleNotifier(stream=sys.stderr if args.json else sys.stdout, config_path=args.config),
+    )
     runner = Runner(config, playbooks, store, notifier)
     try:
         if approve and not args.yes and not args.json and sys.stdin.isatty():

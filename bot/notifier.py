@@ -116,3 +116,38 @@ class SafeNotifier:
 
     async def close(self) -> None:
         await self._call("close")
+
+
+class FanoutNotifier:
+    """Tells several notifiers the same thing (e.g. the console and Slack for a CLI decision);
+    each is called on its own, so one failing does not silence the others."""
+
+    def __init__(self, *notifiers: Notifier) -> None:
+        self.notifiers = [SafeNotifier(n) for n in notifiers]
+
+    async def _all(self, name: str, *args: object) -> None:
+        await asyncio.gather(*(getattr(n, name)(*args) for n in self.notifiers))
+
+    async def incident_opened(self, incident: Incident) -> None:
+        await self._all("incident_opened", incident)
+
+    async def incident_updated(self, incident: Incident) -> None:
+        await self._all("incident_updated", incident)
+
+    async def step_progress(self, incident: Incident, step_id: str, message: str) -> None:
+        await self._all("step_progress", incident, step_id, message)
+
+    async def step_finished(self, incident: Incident, run: StepRun) -> None:
+        await self._all("step_finished", incident, run)
+
+    async def approval_requested(self, incident: Incident, approval: Approval) -> None:
+        await self._all("approval_requested", incident, approval)
+
+    async def approval_closed(self, incident: Incident, approval: Approval) -> None:
+        await self._all("approval_closed", incident, approval)
+
+    async def notice(self, text: str, level: NoticeLevel = "info") -> None:
+        await self._all("notice", text, level)
+
+    async def close(self) -> None:
+        await self._all("close")

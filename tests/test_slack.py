@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -660,18 +661,27 @@ async def test_evict_asked_in_slack_can_be_approved_from_the_cli(
     seed_platform(redis_sync, agents=30)
     await bot.command(ALICE, "evict agent:*")
     approval = await bot.approval_message()
+    value = approval.buttons[0]["value"]
     source = bot.runner.config.source
     assert source is not None
+    # The CLI runs with the same Slack environment as the service, so it updates the thread too.
+    env = {
+        **os.environ,
+        "SLACK_BOT_TOKEN": "xoxb-test",
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_URL": fake.api_url,
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "approve", "1", "--config", str(source), "--as", "cli:ops", "--yes",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert "executed: deleted 30 keys" in out.decode()
     assert agent_keys(redis_sync) == 0
-    assert approval.buttons, "the CLI process has no Slack: the service's message keeps its buttons"
-    await bot.click(BOB, "approve", approval)
+    await wait_for(lambda: not approval.buttons)
+    assert "cli:ops" in approval.all_text, "the buttons are replaced by who decided"
+    await bot.click(BOB, "approve", approval, value=value)
     assert "Already approved by cli:ops" in await bot.ephemeral(BOB)
 
 
