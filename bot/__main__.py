@@ -219,12 +219,16 @@ async def cmd_decide(args: argparse.Namespace, config: Config, playbooks: Playbo
     )
     runner = Runner(config, playbooks, store, notifier)
     try:
+        shown: dict[str, Any] = {}
         if approve and not args.yes and not args.json and sys.stdin.isatty():
             pending = await store.pending_approval(args.id)
-            if pending is not None and not _confirm(pending.step_id, pending.plan, pending.plan_hash):
-                print("not approved; nothing was changed")
-                return EXIT_OK
-        report = await runner.decide(args.id, _actor(args.actor), approve)
+            if pending is not None:
+                if not _confirm(pending.step_id, pending.plan, pending.plan_hash):
+                    print("not approved; nothing was changed")
+                    return EXIT_OK
+                # Bind the decision to what was shown: a re-plan meanwhile must be looked at again.
+                shown = {"approval_id": pending.id, "plan_hash": pending.plan_hash}
+        report = await runner.decide(args.id, _actor(args.actor), approve, **shown)
     finally:
         await runner.stop()
         await store.close()

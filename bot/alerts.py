@@ -36,7 +36,10 @@ class Alert(BaseModel):
             return None
         if v.tzinfo is None:
             v = v.replace(tzinfo=UTC)
-        return v.astimezone(UTC)
+        try:
+            return v.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("timestamp out of range") from None
 
     @model_validator(mode="after")
     def _defaults(self) -> Alert:

@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Self
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -49,6 +50,7 @@ ALWAYS_PROTECTED = ("bull:*",)
 """BullMQ's queues: deleting them loses jobs, so no config can unprotect them."""
 
 _TEMPLATE = re.compile(r"\{\{\s*labels\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9._-]+(:[0-9]{1,5})?")
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -142,15 +144,36 @@ class TargetConfig(LabelMatcher):
                 name = m.group(1)
                 if name not in labels:
                     raise TargetError(f"target URL needs label {name!r}, which the alert does not have")
-                return labels[name]
+                value = labels[name]
+                # Alert labels come from outside: they may name a host, port or db, nothing more,
+                # or a crafted label could send the bot (and the URL's password) elsewhere.
+                if not _LABEL_VALUE.fullmatch(value):
+                    raise TargetError(
+                        f"label {name}={value!r} is not a plain host, host:port or number; refusing to build a URL from it"
+                    )
+                return value
 
             return _TEMPLATE.sub(repl, url)
 
         url = fill(self.url)
-        name = self.name or default_name(url)
+        name = fill(self.name) if self.name else default_name(url)
         if action and self.action_url:
             return RedisTarget(name=name, url=fill(self.action_url), timeout=timeout)
         return RedisTarget(name=name, url=url, timeout=timeout)
+
+    @model_validator(mode="after")
+    def _same_place(self) -> TargetConfig:
+        """``action_url`` may carry other credentials, never another host or database."""
+        if self.action_url and _without_userinfo(self.action_url) != _without_userinfo(self.url):
+            raise ValueError(
+                "action_url must point at the same host, port and db as url (only credentials may differ)"
+            )
+        return self
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class ServerConfig(StrictModel):

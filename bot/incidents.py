@@ -54,6 +54,7 @@ class StepStatus(StrEnum):
 class ApprovalState(StrEnum):
     PENDING = "pending"
     APPROVED = "approved"
+    EXECUTING = "executing"
     EXECUTED = "executed"
     DENIED = "denied"
     EXPIRED = "expired"

@@ -20,7 +20,7 @@ from typing import Any
 
 from bot.config import Config
 from bot.durations import format_duration
-from bot.errors import AlreadyDecided, BotError, NotFound, StepError, TargetError
+from bot.errors import AlreadyDecided, ApprovalError, BotError, NotFound, StepError, TargetError
 from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepRun, StepStatus
 from bot.metrics import Metrics
 from bot.notifier import NullNotifier, SafeNotifier
@@ -157,12 +157,14 @@ class Runner:
         """
         if incident.target is None:
             raise TargetError(f"incident {incident.id} has no target")
-        key = f"{incident.target_index}:{incident.target}:{'action' if action else 'read'}"
         if incident.target_index is None:
-            key = incident.target
-        if key in self._targets:
-            return self._targets[key]
-        if incident.target_index is None or incident.target_index >= len(self.config.targets):
+            if incident.target in self._targets:  # a hand-started run's ad-hoc target
+                return self._targets[incident.target]
+            raise TargetError(
+                f"target {incident.target} of incident {incident.id} is not in the config;"
+                " add it to `targets` to act on it"
+            )
+        if incident.target_index >= len(self.config.targets):
             raise TargetError(
                 f"target {incident.target} of incident {incident.id} is not in the config any more;"
                 " add it to `targets` to act on it"
@@ -170,6 +172,15 @@ class Runner:
         t = self.config.targets[incident.target_index].resolve(
             incident.labels, self.config.runner.redis_timeout, action=action
         )
+        if t.name != incident.target:
+            raise TargetError(
+                f"the config's target #{incident.target_index} is now {t.name}, not {incident.target}"
+                " as when the incident opened; not acting on a different Redis"
+            )
+        # Keyed by the resolved URL: a templated target resolves to a different Redis per alert.
+        key = f"{'action' if action else 'read'}:{t.url}"
+        if key in self._targets:
+            return self._targets[key]
         self._targets[key] = t
         return t
 
@@ -188,6 +199,7 @@ class Runner:
                 "max_keys_per_run": g.max_keys_per_run,
                 "maxmemory_ceiling": tcfg.maxmemory_ceiling if tcfg else None,
                 "approval_ttl": self.config.approvals.ttl,
+                "plan_margin": self.config.approvals.plan_margin,
                 "incident_id": incident.id,
                 "step_id": step_id,
                 "chart_dir": str(self.config.state_file.parent / "charts"),
@@ -458,10 +470,18 @@ class Runner:
     # -- decisions ------------------------------------------------------------------------------
 
     async def decide(
-        self, incident_id: int, who: str, approve: bool, *, approval_id: int | None = None
+        self,
+        incident_id: int,
+        who: str,
+        approve: bool,
+        *,
+        approval_id: int | None = None,
+        plan_hash: str | None = None,
     ) -> DecisionReport:
         """Approve or deny the pending step of an incident; on a complete approval, execute it here.
 
+        ``plan_hash``, when given, is the plan the person saw: if the pending approval is for a
+        different plan by now (it was re-planned meanwhile), the decision is refused.
         Raises :class:`AlreadyDecided` (with who decided) when someone was first, and
         :class:`NotFound` when the incident has nothing pending.
         """
@@ -475,6 +495,12 @@ class Runner:
                 raise NotFound(f"incident {incident_id} ({inc.status}) has no step waiting for approval")
             approval_id = pending.id
         inc = await self.store.get_incident(incident_id, steps=False)
+        if plan_hash is not None:
+            current = await self.store.get_approval(approval_id)
+            if current.plan_hash != plan_hash:
+                raise ApprovalError(
+                    "the plan changed since you looked at it; look again (`incidents ID`) and decide on the new one"
+                )
         outcome = await self.store.decide(approval_id, who, approve, target=inc.target)
         ap = outcome.approval
         if not outcome.complete:
@@ -486,7 +512,13 @@ class Runner:
         await self.notifier.approval_closed(await self.store.get_incident(incident_id), ap)
         if not approve:
             return await self._denied(incident_id, ap, who)
-        return await self._execute(incident_id, ap, who)
+        try:
+            return await self._execute(incident_id, ap, who)
+        except Exception as exc:
+            # Never leave an approved action dangling: close it and say why.
+            log.exception("incident %s: executing approval %s failed", incident_id, ap.id)
+            inc = await self.store.get_incident(incident_id)
+            return await self._refuse(inc, ap, f"{type(exc).__name__}: {exc}")
 
     async def _denied(self, incident_id: int, ap: Approval, who: str) -> DecisionReport:
         async with self._locks[incident_id]:
@@ -516,10 +548,16 @@ class Runner:
                 return await self._refuse(inc, ap, "the playbook changed since the approval was asked")
             if inc.alert_status != "firing":
                 return await self._refuse(inc, ap, "the alert resolved before the action ran")
+            if self._dry_run(inc, pb):
+                return await self._refuse(inc, ap, "dry-run is on now: actions only report their plan")
             target = self.target_for(inc)
             plan = Plan.model_validate(ap.plan)
             if plan.digest() != ap.plan_hash:
                 return await self._refuse(inc, ap, "the stored plan does not match the approved hash")
+            if (plan.target, plan.db) != (target.name, target.db):
+                return await self._refuse(
+                    inc, ap, f"the plan is for {plan.target} db {plan.db}, not {target.name} db {target.db}"
+                )
             reason = await self.guard_reason(target.name)
             if reason is not None:
                 await self.store.set_approval_state(ap.id, [ApprovalState.APPROVED], ApprovalState.CANCELLED)
@@ -562,6 +600,16 @@ class Runner:
                 audit_target=target.name,
                 actor=who,
             )
+            # The claim is atomic with "the alert still fires": a resolve that arrived during the
+            # re-check wins, and two processes can never both pass this point.
+            if not await self.store.claim_execution(ap.id):
+                fresh_inc = await self.store.get_incident(inc.id)
+                why = (
+                    "the alert resolved before the action ran"
+                    if fresh_inc.alert_status != "firing"
+                    else ("another process is already executing it")
+                )
+                return await self._refuse(fresh_inc, ap, why)
             await self._announce(inc.id)
             run = await self._run_action(inc, step, self.target_for(inc, action=True), plan, ap, who)
             await self.store.update_incident(inc.id, next_step=ap.step_index + 1)
@@ -605,7 +653,9 @@ class Runner:
             audit_target=target.name,
             actor=who,
         )
-        await self.store.set_approval_state(ap.id, [ApprovalState.APPROVED], ApprovalState.EXECUTED)
+        await self.store.set_approval_state(
+            ap.id, [ApprovalState.EXECUTING, ApprovalState.APPROVED], ApprovalState.EXECUTED
+        )
         self.metrics.step_finished(step.type.name, str(run.status), run.duration_s)
         self.metrics.action_executed(step.type.name, ok, out.data.get("deleted") if out else None)
         await self.store.audit(

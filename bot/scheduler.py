@@ -42,7 +42,7 @@ from bot.metrics import Metrics
 from bot.notifier import SafeNotifier
 from bot.planview import human_bytes
 from bot.prom import PromClient, PrometheusError, render
-from bot.redisconn import RedisTarget, describe_redis_error, redis_errors
+from bot.redisconn import RedisTarget, describe_redis_error, redact_url, redis_errors
 from bot.runner import Runner
 from bot.steps.redis_actions import BackupCheckParams, backup_check
 from bot.steps.registry import StepContext
@@ -58,7 +58,9 @@ def probe_targets(config: Config, timeout: float) -> list[tuple[int, TargetConfi
     found = []
     for i, t in enumerate(config.targets):
         if t.label_names():
-            log.info("target %s is not probed: its URL is built from alert labels", t.name or t.url)
+            log.info(
+                "target %s is not probed: its URL is built from alert labels", t.name or redact_url(t.url)
+            )
             continue
         found.append((i, t, t.resolve({}, timeout)))
     return found

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -82,7 +84,8 @@ CREATE TABLE IF NOT EXISTS step_runs (
     plan TEXT,
     plan_hash TEXT,
     started_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS step_runs_incident ON step_runs (incident_id);
 CREATE TABLE IF NOT EXISTS approvals (
@@ -101,7 +104,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     expires_at REAL NOT NULL,
     decided_by TEXT,
     decided_at REAL,
-    chat_ref TEXT NOT NULL DEFAULT '{}'
+    chat_ref TEXT NOT NULL DEFAULT '{}',
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_state ON approvals (state);
 CREATE TABLE IF NOT EXISTS audit (
@@ -203,9 +207,33 @@ def _insert_rows(
     conn.execute(statements[size], values)
 
 
+_NEW, _UNMATCHED = IncidentState.NEW.value, IncidentState.UNMATCHED.value
+
+
 def _strings_json(value: dict[str, str]) -> str:
     """Compact JSON of a string map (labels, annotations), encoded in Rust by pydantic-core."""
     return pydantic_core.to_json(value).decode()
+
+
+def process_owner() -> str:
+    """``host:pid`` of this process, recorded on work it starts."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the process that started some work still runs (only knowable on this host)."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _j(value: Any) -> str:
@@ -383,32 +411,42 @@ class Store:
             "starts_at": starts or a.starts_key,
             "duplicate": duplicate,
         }
-        return (now, "alert.received", inc_id, it.source, it.target, None, _j(detail))
+        return (
+            now,
+            "alert.received",
+            inc_id,
+            it.source,
+            it.target,
+            None,
+            pydantic_core.to_json(detail).decode(),
+        )
 
     def _insert_firing(
         self, conn: sqlite3.Connection, items: list[IngestItem], now: float, audit: list[tuple[Any, ...]]
     ) -> list[int | None]:
         """Open incidents for firing alerts: the new incident's id per alert, None for a known one."""
         starts = [it.alert.starts_key for it in items]
-        rows = [
-            (
-                it.alert.fingerprint,
-                start,
-                it.alert.alertname,
-                "firing",
-                IncidentState.NEW.value if it.playbook and it.target else IncidentState.UNMATCHED.value,
-                it.playbook,
-                it.target,
-                it.target_index,
-                _strings_json(it.alert.labels),
-                _strings_json(it.alert.annotations),
-                it.note,
-                it.source,
-                now,
-                now,
+        rows = []
+        for it, start in zip(items, starts, strict=True):
+            a = it.alert
+            rows.append(
+                (
+                    a.fingerprint,
+                    start,
+                    a.alertname,
+                    "firing",
+                    _NEW if it.playbook and it.target else _UNMATCHED,
+                    it.playbook,
+                    it.target,
+                    it.target_index,
+                    pydantic_core.to_json(a.labels).decode(),
+                    pydantic_core.to_json(a.annotations).decode(),
+                    it.note,
+                    it.source,
+                    now,
+                    now,
+                )
             )
-            for it, start in zip(items, starts, strict=True)
-        ]
         ids: dict[tuple[str, str], int] = {}
         for i in range(0, len(rows), _MAX_ROWS):
             before = conn.execute(_LAST_ID).fetchone()[0]
@@ -777,8 +815,10 @@ class Store:
             affected: set[int] = set()
             with self._tx() as conn:
                 for r in conn.execute(
-                    "SELECT id, incident_id, mutating FROM step_runs WHERE status = 'running'"
+                    "SELECT id, incident_id, mutating, owner FROM step_runs WHERE status = 'running'"
                 ).fetchall():
+                    if owner_alive(r["owner"]):
+                        continue  # another live process (a CLI `approve`, a second replica) is running it
                     conn.execute(
                         "UPDATE step_runs SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ?",
                         (now, "the bot stopped while this step was running", r["id"]),
@@ -799,7 +839,11 @@ class Store:
                             incident_id=r["incident_id"],
                             detail={"step_run_id": r["id"]},
                         )
-                conn.execute("UPDATE approvals SET state = 'interrupted' WHERE state = 'approved'")
+                for r in conn.execute(
+                    "SELECT id, owner FROM approvals WHERE state IN ('approved', 'executing')"
+                ).fetchall():
+                    if not owner_alive(r["owner"]):
+                        conn.execute("UPDATE approvals SET state = 'interrupted' WHERE id = ?", (r["id"],))
             return sorted(affected)
 
         return await self._run(run)
@@ -812,8 +856,8 @@ class Store:
         def run() -> int:
             with self._tx() as conn:
                 cur = conn.execute(
-                    "INSERT INTO step_runs (incident_id, step_index, step_id, step_type, mutating, status, started_at)"
-                    " VALUES (?,?,?,?,?,?,?)",
+                    "INSERT INTO step_runs (incident_id, step_index, step_id, step_type, mutating, status, started_at,"
+                    " owner) VALUES (?,?,?,?,?,?,?,?)",
                     (
                         incident_id,
                         step_index,
@@ -822,6 +866,7 @@ class Store:
                         int(mutating),
                         StepStatus.RUNNING,
                         time.time(),
+                        process_owner(),
                     ),
                 )
                 return int(cur.lastrowid or 0)
@@ -1008,6 +1053,7 @@ class Store:
 
         def run() -> DecisionOutcome:
             now = time.time()
+            expired: AlreadyDecided | None = None
             with self._tx() as conn:
                 row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
                 if row is None:
@@ -1028,7 +1074,15 @@ class Store:
                         plan_hash=ap.plan_hash,
                         detail={"approval_id": approval_id},
                     )
-                    raise AlreadyDecided("expired", "expiry", iso(ap.expires_ts))
+                    # Raised after the commit below, so the expiry and its audit entry are kept.
+                    expired = AlreadyDecided("expired", "expiry", iso(ap.expires_ts))
+            if expired is not None:
+                raise expired
+            with self._tx() as conn:
+                row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+                ap = self._approval(row)
+                if ap.state != ApprovalState.PENDING:
+                    raise AlreadyDecided(str(ap.state), ap.decided_by, ap.decided_at)
                 if approve and who in ap.approvers:
                     raise ApprovalError(
                         f"{who} already approved; this step needs {ap.required} different approvers"
@@ -1042,12 +1096,14 @@ class Store:
                     else (ApprovalState.APPROVED if complete else ApprovalState.PENDING)
                 )
                 conn.execute(
-                    "UPDATE approvals SET decisions = ?, state = ?, decided_by = ?, decided_at = ? WHERE id = ?",
+                    "UPDATE approvals SET decisions = ?, state = ?, decided_by = ?, decided_at = ?, owner = ?"
+                    " WHERE id = ?",
                     (
                         _j([d.model_dump() for d in decisions]),
                         state,
                         ", ".join(approvers) if approve else who if complete else None,
                         now if complete else None,
+                        process_owner(),
                         approval_id,
                     ),
                 )
@@ -1068,6 +1124,24 @@ class Store:
                 )
                 row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
             return DecisionOutcome(self._approval(row), complete, max(0, ap.required - len(approvers)))
+
+        return await self._run(run)
+
+    async def claim_execution(self, approval_id: int) -> bool:
+        """approved -> executing, only while the incident's alert still fires: exactly one caller wins.
+
+        Records this process as the owner, so a restart of another process does not mistake the
+        running action for an interrupted one.
+        """
+
+        def run() -> bool:
+            with self._tx() as conn:
+                cur = conn.execute(
+                    "UPDATE approvals SET state = 'executing', owner = ? WHERE id = ? AND state = 'approved'"
+                    " AND (SELECT alert_status FROM incidents WHERE incidents.id = approvals.incident_id) = 'firing'",
+                    (process_owner(), approval_id),
+                )
+                return cur.rowcount == 1
 
         return await self._run(run)
 

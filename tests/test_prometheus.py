@@ -340,7 +340,7 @@ async def test_runner_degrades_only_the_prometheus_step(tmp_path: Path, redis_se
                 "startsAt": "2026-01-01T00:00:00Z",
             }
         )
-        inc_id = await store.create_incident(IngestItem(alert, "p", "t", 0))
+        inc_id = await store.create_incident(IngestItem(alert, "p", cfg.targets[0].resolve({}).name, 0))
         inc = await runner.run_incident(inc_id)
     finally:
         await runner.stop()

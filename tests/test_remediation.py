@@ -609,3 +609,129 @@ async def test_eviction_reports_progress_while_it_runs(target: Any, redis_sync: 
     assert res.deleted == 2000
     assert len(messages) >= 5
     assert messages[0].startswith("deleted ") and "protected skipped" in messages[0]
+
+
+# -- findings of the safety review ----------------------------------------------------------------
+
+
+def test_alert_labels_cannot_redirect_a_target(tmp_path: Path) -> None:
+    from bot.errors import TargetError
+
+    path = tmp_path / "bot.yaml"
+    path.write_text(
+        "targets:\n  - name: 'cache-{{ labels.db }}'\n    url: 'redis://:pw@127.0.0.1:6379/{{ labels.db }}'\n"
+    )
+    t = load_config(path).targets[0]
+    assert t.resolve({"db": "2"}).url.endswith("/2")
+    assert t.resolve({"db": "2"}).name == "cache-2"
+    for evil in ("evil.example:7777/0#", "x@evil", "1/../0", "a b"):
+        with pytest.raises(TargetError, match="not a plain host"):
+            t.resolve({"db": evil})
+
+
+def test_action_url_may_only_change_credentials(tmp_path: Path) -> None:
+    from bot.errors import ConfigError
+
+    path = tmp_path / "bot.yaml"
+    path.write_text(
+        "targets:\n  - url: redis://reader:x@127.0.0.1:6379/1\n    action_url: redis://10.0.0.9:6380/0\n"
+    )
+    with pytest.raises(ConfigError, match="same host, port and db"):
+        load_config(path)
+
+
+async def test_each_templated_target_gets_its_own_client(
+    bot_config: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "templated.yaml"
+    path.write_text(
+        "targets:\n  - name: cache\n    match: {job: redis}\n"
+        f"    url: 'redis://127.0.0.1:{redis_server.port}/{{{{ labels.db }}}}'\nplaybooks: playbooks\n"
+    )
+    bot_config()  # writes the playbooks folder
+    async with Bot(load_config(path)) as b:
+        from bot.incidents import Incident
+
+        one = Incident(
+            id=1,
+            fingerprint="a",
+            starts_at="x",
+            alertname="A",
+            alert_status="firing",
+            status="new",
+            target="cache",
+            target_index=0,
+            labels={"db": "1"},
+        )
+        two = one.model_copy(update={"id": 2, "labels": {"db": "2"}})
+        assert b.runner.target_for(one).db == 1
+        assert b.runner.target_for(two).db == 2
+
+
+async def test_an_approval_cannot_be_claimed_after_the_alert_resolved(
+    bot: Bot, redis_sync: redis.Redis
+) -> None:
+    seed_platform(redis_sync, agents=10)
+    inc_id = await bot.fire("TestEvict")
+    pending = (await bot.store.get_incident(inc_id)).pending_step
+    assert pending is not None
+    assert (await bot.store.decide(pending["approval_id"], "alice", True)).complete
+    await bot.fire("TestEvict", "resolved")
+    assert not await bot.store.claim_execution(pending["approval_id"])
+    assert counts(redis_sync)["agent"] == 10
+
+
+async def test_a_decision_is_bound_to_the_plan_that_was_shown(bot: Bot, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=10)
+    inc_id = await bot.fire("TestEvict")
+    with pytest.raises(ApprovalError, match="plan changed since you looked"):
+        await bot.runner.decide(inc_id, "alice", True, plan_hash="0" * 64)
+    assert counts(redis_sync)["agent"] == 10
+
+
+async def test_restart_leaves_work_of_a_live_process_alone(bot_config: Any, redis_sync: redis.Redis) -> None:
+    import socket
+
+    seed_platform(redis_sync, agents=10)
+    config = bot_config()
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        async with Bot(config) as b1:
+            inc_id = await b1.fire("TestEvict")
+            run_id = await b1.store.start_step(inc_id, 1, "evict", "redis.evict", True)
+            await b1.store._run(
+                b1.store.conn.execute,
+                "UPDATE step_runs SET owner = ? WHERE id = ?",
+                (f"{socket.gethostname()}:{other.pid}", run_id),
+            )
+        async with Bot(config) as b2:
+            inc = await b2.store.get_incident(inc_id)
+            assert next(s for s in inc.steps if s.id == run_id).status == StepStatus.RUNNING
+            assert inc.status == IncidentState.AWAITING_APPROVAL
+    finally:
+        other.kill()
+        other.wait()
+    async with Bot(config) as b3:  # now its owner is gone: interrupted, never re-run
+        inc = await b3.store.get_incident(inc_id)
+        assert next(s for s in inc.steps if s.id == run_id).status == StepStatus.INTERRUPTED
+
+
+async def test_eviction_never_exceeds_the_approved_size(target: Any, redis_sync: redis.Redis) -> None:
+    from bot.steps import REGISTRY, Plan, StepContext
+
+    seed_platform(redis_sync, agents=1000)
+    st = REGISTRY["redis.evict"]
+    assert st.execute is not None
+    params = st.params.model_validate({"pattern": "agent:*"})
+    plan = Plan(
+        action="redis.evict",
+        target=target.name,
+        db=0,
+        summary="s",
+        pattern="agent:*",
+        estimated_keys=100,
+        params={"max_keys": 10**6, "protected": ["bull:*"]},
+    )
+    out = await st.execute(StepContext(target=target, settings={"plan_margin": 0.2}), params, plan)
+    assert out.data["deleted"] == 220 and out.data["capped"]
+    assert counts(redis_sync)["agent"] == 780

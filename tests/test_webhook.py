@@ -125,6 +125,10 @@ async def test_mixed_group_firing_and_resolved(client: TestClient) -> None:
             "alerts[0].status: Input should be 'firing' or 'resolved'",
         ),
         (b"\xff\xfe", "body is not valid JSON"),
+        (
+            b'{"version": "4", "alerts": [{"status": "firing", "labels": {"a": "b"}, "startsAt": "9999-12-31T23:59:59-05:00"}]}',
+            "timestamp out of range",
+        ),
     ],
 )
 async def test_malformed_payloads_get_400_with_a_reason(client: TestClient, body: bytes, reason: str) -> None:

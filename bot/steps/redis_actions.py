@@ -81,12 +81,17 @@ async def run_evict(ctx: StepContext, p: EvictParams, plan: Plan) -> StepOutput:
     """
     params = plan.params
     before = await _used_memory(ctx)
+    # Never more than what was approved (plus the margin the re-check allows), even if the
+    # application keeps writing matching keys while the eviction runs.
+    margin = float(ctx.settings.get("plan_margin", 0.2))
+    approved = int((plan.estimated_keys or 0) * (1 + margin)) + 100
+    limit = min(int(params.get("max_keys", _cap(ctx, p))), approved)
     async with redis_errors(ctx.target.name):
         res = await evict(
             ctx.target.client,
             plan.pattern or p.pattern,
             params.get("protected", list(ctx.protected_patterns)),
-            max_keys=int(params.get("max_keys", _cap(ctx, p))),
+            max_keys=limit,
             batch=p.batch,
             count=p.count,
             progress=ctx.progress,
@@ -94,7 +99,9 @@ async def run_evict(ctx: StepContext, p: EvictParams, plan: Plan) -> StepOutput:
     after = await _used_memory(ctx)
     freed = before - after if before is not None and after is not None else None
     cap_note = (
-        f"; stopped at the cap of {params.get('max_keys'):,} keys, run again for more" if res.capped else ""
+        f"; stopped at {limit:,} keys (the approved plan's size or the per-run cap), run again for more"
+        if res.capped
+        else ""
     )
     return StepOutput(
         summary=f"deleted {res.deleted:,} keys matching {plan.pattern} in {format_duration(res.duration_s)}"
@@ -178,6 +185,10 @@ async def run_flushdb(ctx: StepContext, p: FlushParams, plan: Plan) -> StepOutpu
                 saved = await bgsave_and_wait(ctx.target.client, timeout=p.snapshot_timeout)
             except (TimeoutError, RuntimeError) as exc:
                 raise StepError(f"no fresh snapshot, so no flush: {exc}") from exc
+    # Again, right before flushing: a queue may have appeared, or a failover happened, while the
+    # snapshot was being written.
+    await _flush_guards(ctx)
+    async with redis_errors(ctx.target.name):
         size = await ctx.target.client.dbsize()
         await ctx.target.client.flushdb(asynchronous=True)
     return StepOutput(
