@@ -11,17 +11,56 @@ import redis
 from bot.keypatterns import key_matcher, refuse_reason
 
 TRICKY = [
-    "bull:*", "sess:[0-9]*", "agent:[0-]", "agent:[a-", "agent:[\\", "[a-]x", "a[]b", "a[^]b", "[]]*",
-    "*[^\\]zzz]*", "[^\\]x]*", "\\*", "a\\", "a?b", "*a*b*", "[\xe9-\xff]*", "[a-\xe9]*", "[^a-c]?",
-    "**", "a[b-a]c", "[\\]]*", "x[^\\\\]*", "[", "[^", "a[-z]", "a[z-]",
+    "bull:*",
+    "sess:[0-9]*",
+    "agent:[0-]",
+    "agent:[a-",
+    "agent:[\\",
+    "[a-]x",
+    "a[]b",
+    "a[^]b",
+    "[]]*",
+    "*[^\\]zzz]*",
+    "[^\\]x]*",
+    "\\*",
+    "a\\",
+    "a?b",
+    "*a*b*",
+    "[\xe9-\xff]*",
+    "[a-\xe9]*",
+    "[^a-c]?",
+    "**",
+    "a[b-a]c",
+    "[\\]]*",
+    "x[^\\\\]*",
+    "[",
+    "[^",
+    "a[-z]",
+    "a[z-]",
 ]
 ALPHABET = ["a", "b", "c", "z", "-", "[", "]", "^", "\\", "*", "?", ":", "0", "9", "\xe9", "x"]
 
 
 def keys() -> list[bytes]:
     rng = random.Random(7)
-    out = {b"bull:x", b"sess:1", b"sess:a", b"agent:1", b"agent:-", b"agent:]", b"a\nb", b"a\\", b"*",
-           "\xe9t\xe9".encode(), b"\xff\xfe", b"abc", b"a]b", b"a-b", b"azc", b"aac"}
+    out = {
+        b"bull:x",
+        b"sess:1",
+        b"sess:a",
+        b"agent:1",
+        b"agent:-",
+        b"agent:]",
+        b"a\nb",
+        b"a\\",
+        b"*",
+        "\xe9t\xe9".encode(),
+        b"\xff\xfe",
+        b"abc",
+        b"a]b",
+        b"a-b",
+        b"azc",
+        b"aac",
+    }
     for _ in range(300):
         out.add("".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 5))).encode())
     return sorted(out)
@@ -51,7 +90,9 @@ def test_key_matcher_agrees_with_redis_scan_match(redis_sync: redis.Redis) -> No
     assert disagreements == []
 
 
-@pytest.mark.parametrize("pattern", ["", " ", "*", "**", "?*", "[a-z]*", "*:*", "*[^\\]zzz]*", "[^\\]x]*", "[*"])
+@pytest.mark.parametrize(
+    "pattern", ["", " ", "*", "**", "?*", "[a-z]*", "*:*", "*[^\\]zzz]*", "[^\\]x]*", "[*"]
+)
 def test_patterns_matching_everything_are_refused(pattern: str) -> None:
     assert refuse_reason(pattern) is not None
 
