@@ -49,5 +49,8 @@ format: $(VENV)/.installed
 check: $(VENV)/.installed  ## validate the example config and the bundled playbooks
 	$(BIN)/python -m bot check --config examples/bot.yaml
 
+bench: $(VENV)/.installed  ## benchmarks against their baselines (about 9 min; --quick via BENCH_ARGS=--quick)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

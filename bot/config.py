@@ -132,6 +132,12 @@ class TargetConfig(LabelMatcher):
     def label_names(self) -> list[str]:
         return _TEMPLATE.findall(self.url)
 
+    def target_name(self, labels: dict[str, str]) -> str:
+        """The target's name for these labels, without building a client (the webhook's hot path)."""
+        if "{{" not in self.url and "{{" not in (self.name or ""):
+            return self.name or default_name(self.url)
+        return self.resolve(labels).name
+
     def resolve(self, labels: dict[str, str], timeout: float = 5.0, *, action: bool = False) -> RedisTarget:
         """The concrete target for an alert: the URL with ``{{ labels.X }}`` filled from its labels.
 

@@ -46,14 +46,12 @@ def match_alert(
 ) -> IngestItem:
     """Decide playbook and target for an alert; a miss is recorded with the reason, not dropped."""
     pb = playbooks.match(alert.labels)
-    tcfg = config.target_for(alert.labels)
     note = ""
     target = None
-    index = None
-    if tcfg is not None:
-        index = config.targets.index(tcfg)
+    index = next((i for i, t in enumerate(config.targets) if t.matches(alert.labels)), None)
+    if index is not None:
         try:
-            target = tcfg.resolve(alert.labels).name
+            target = config.targets[index].target_name(alert.labels)
         except TargetError as exc:
             note = str(exc)
             index = None

@@ -567,9 +567,8 @@ async def memory_report(
                             continue
                         if len(heap) < top:
                             heapq.heappush(heap, (mem, key, typ, n))
-                        elif (mem, key) > heap[0][
-                            :2
-                        ]:  # ties broken by name: the same result in any scan order
+                        # Ties are broken by name: the same result in any scan order.
+                        elif (mem, key) > heap[0][:2]:
                             heapq.heapreplace(heap, (mem, key, typ, n))
                         if len(heap) >= top:
                             heap_floor = heap[0][0]
