@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,80 +9,30 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from bot import localstack
 from bot.redisconn import RedisTarget
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = localstack.free_port
 
 
-class RedisServer:
-    """A throwaway redis-server process; tests may stop and start it again on the same port."""
+class RedisServer(localstack.RedisServer):
+    """A throwaway redis-server for tests (DEBUG allowed); tests may stop and start it again on the
+    same port. ``url`` is the Redis URL here, not the HTTP one of the other local processes."""
 
     def __init__(self, workdir: Path, *extra: str) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed: run `make install` (it installs it with apt-get)")
-        self.binary = binary
-        self.port = free_port()
-        self.workdir = workdir
-        self.extra = extra
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(workdir, ["--enable-debug-command", "local", *extra])
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.redis_url
 
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - handed to the child process
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--enable-debug-command",
-                "local",
-                *self.extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        while time.monotonic() < deadline:
-            with contextlib.suppress(redis.RedisError):
-                if client.ping():
-                    client.close()
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(
-            f"redis-server did not start on port {self.port}; see {self.workdir / 'redis.log'}"
-        )
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+    def start(self) -> RedisServer:
+        super().start()
+        return self
 
     def sync_client(self, db: int = 0) -> redis.Redis:
         return redis.Redis(port=self.port, db=db, socket_timeout=5)
