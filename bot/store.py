@@ -840,10 +840,21 @@ class Store:
                             detail={"step_run_id": r["id"]},
                         )
                 for r in conn.execute(
-                    "SELECT id, owner FROM approvals WHERE state IN ('approved', 'executing')"
+                    "SELECT id, incident_id, owner FROM approvals WHERE state IN ('approved', 'executing')"
                 ).fetchall():
                     if not owner_alive(r["owner"]):
                         conn.execute("UPDATE approvals SET state = 'interrupted' WHERE id = ?", (r["id"],))
+                        # Decided but never finished: the incident must not stay "remediating" forever.
+                        conn.execute(
+                            "UPDATE incidents SET state = 'failed', updated_at = ?, note = ? WHERE id = ?"
+                            " AND state IN ('awaiting_approval', 'remediating')",
+                            (
+                                now,
+                                "an approved action was interrupted by a restart; it was not re-run",
+                                r["incident_id"],
+                            ),
+                        )
+                        affected.add(int(r["incident_id"]))
             return sorted(affected)
 
         return await self._run(run)

@@ -735,3 +735,27 @@ async def test_eviction_never_exceeds_the_approved_size(target: Any, redis_sync:
     out = await st.execute(StepContext(target=target, settings={"plan_margin": 0.2}), params, plan)
     assert out.data["deleted"] == 220 and out.data["capped"]
     assert counts(redis_sync)["agent"] == 780
+
+
+async def test_a_decided_but_unstarted_action_is_interrupted_after_a_restart(
+    bot_config: Any, redis_sync: redis.Redis
+) -> None:
+    seed_platform(redis_sync, agents=10)
+    config = bot_config()
+    async with Bot(config) as b1:
+        inc_id = await b1.fire("TestEvict")
+        pending = (await b1.store.get_incident(inc_id)).pending_step
+        assert pending is not None
+        await b1.store.decide(pending["approval_id"], "alice", True)
+        assert await b1.store.claim_execution(pending["approval_id"])
+        await b1.store._run(
+            b1.store.conn.execute,
+            "UPDATE approvals SET owner = 'elsewhere:1' WHERE id = ?",
+            (pending["approval_id"],),
+        )
+        await b1.store.update_incident(inc_id, state=IncidentState.REMEDIATING)
+    async with Bot(config) as b2:  # the process that claimed it is gone
+        inc = await b2.store.get_incident(inc_id)
+        assert inc.status == IncidentState.FAILED and "interrupted" in inc.note
+        assert (await b2.store.get_approval(pending["approval_id"])).state == ApprovalState.INTERRUPTED
+    assert counts(redis_sync)["agent"] == 10
