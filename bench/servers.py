@@ -53,7 +53,11 @@ def bot_app(config_path: Path) -> web.Application:
     from bot.app import create_app
     from bot.config import load_config
 
-    return create_app(load_config(config_path), webhook_token="")
+    app = create_app(load_config(config_path), webhook_token="")
+    from bot.app import tune_runtime
+
+    tune_runtime()  # as `serve` does
+    return app
 
 
 async def serve(app: web.Application, port: int) -> None:

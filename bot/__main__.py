@@ -377,6 +377,9 @@ def cmd_serve(args: argparse.Namespace, config: Config, playbooks: PlaybookSet) 
         + ")",
         flush=True,
     )
+    from bot.app import tune_runtime
+
+    tune_runtime()
     web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
     return EXIT_OK
 

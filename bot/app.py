@@ -6,6 +6,7 @@ tests can build the same app with :func:`create_app` and a notifier of their own
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -57,6 +58,14 @@ async def metrics_view(request: web.Request) -> web.Response:
     except StoreError as exc:
         log.warning("metrics: cannot count incidents: %s", exc)
     return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
+
+
+def tune_runtime() -> None:
+    """Call once the service is built: the objects alive now live as long as the process, so keep
+    them out of the garbage collector's full passes, which otherwise stall the webhook 15-40 ms."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def create_app(

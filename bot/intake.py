@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Sequence
 
 from bot.alerts import Alert, Notification
@@ -77,10 +78,14 @@ class Intake:
 
     async def receive_items(self, items: Sequence[IngestItem]) -> IngestResult:
         """Persist matched alerts (Alertmanager's, or the health probe's) and dispatch the work."""
-        items = [await self._merge_with_probe(it) for it in items]
+        probe_alert = self.config.scheduler.health_probe.alertname
+        items = [
+            await self._merge_with_probe(it) if it.alert.labels.get("alertname") == probe_alert else it
+            for it in items
+        ]
         result = await self.store.ingest(items)
-        for it in items:
-            self.runner.metrics.alert_received(it.alert.status, it.source)
+        for (status, source), n in Counter((it.alert.status, it.source) for it in items).items():
+            self.runner.metrics.alert_received(status, source, n)
         for inc_id in result.new:
             self.runner.submit(inc_id)
         for inc_id in result.resolved:

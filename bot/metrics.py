@@ -119,8 +119,8 @@ class Metrics:
 
     # -- recording ------------------------------------------------------------------------------
 
-    def alert_received(self, status: str, source: str) -> None:
-        self.alerts_received.labels(status, source).inc()
+    def alert_received(self, status: str, source: str, count: int = 1) -> None:
+        self.alerts_received.labels(status, source).inc(count)
 
     def step_finished(self, step_type: str, outcome: str, duration_s: float | None) -> None:
         self.step_runs.labels(step_type, outcome).inc()
