@@ -14,9 +14,7 @@ import json
 import math
 import os
 import platform
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import redis
+
+from bot import localstack
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,10 +71,7 @@ def install_cleanup() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = localstack.free_port
 
 
 def log(msg: str) -> None:
@@ -88,54 +85,29 @@ class RedisProc:
     """A throwaway redis-server on a free loopback port, no persistence, DEBUG allowed locally."""
 
     def __init__(self, workdir: Path, *extra: str) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not installed (make install)")
-        self.port = free_port()
+        # The bot's own process harness: readiness, process group, cleanup at exit.
+        self.server = localstack.RedisServer(
+            workdir,
+            [
+                "--enable-debug-command",
+                "local",
+                "--slowlog-log-slower-than",
+                "1000",
+                "--slowlog-max-len",
+                "10000",
+                *extra,
+            ],
+        )
+        self.server.start()
+        self.port = self.server.port
         self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.logfile = workdir / "redis.log"
-        with open(self.logfile, "ab") as out:
-            self.proc = spawn(
-                [
-                    binary,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(workdir),
-                    "--enable-debug-command",
-                    "local",
-                    "--slowlog-log-slower-than",
-                    "1000",
-                    "--slowlog-max-len",
-                    "10000",
-                    *extra,
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.url = self.server.redis_url
+        self.logfile = self.server.log_path
         self.client = redis.Redis(port=self.port, socket_timeout=600)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.close()
-                    raise RuntimeError(f"redis-server did not start; see {self.logfile}") from None
-                time.sleep(0.05)
 
     def close(self) -> None:
         self.client.close()
-        stop(self.proc)
+        self.server.stop()
 
     def __enter__(self) -> RedisProc:
         return self
@@ -284,6 +256,26 @@ class Results:
         row = Row(*args, **kw)
         self.rows.append(row)
         log(f"{row.bench}: {row.metric}: bot {row.bot} | baseline {row.baseline} | {row.ratio} {row.target}")
+
+    def add_ping(self, bench: str, bot: Sequence[Any], baseline: Sequence[Any]) -> None:
+        """The two PING rows every Redis benchmark reports: worst max (target < 10 ms), median p99.
+        ``bot``/``baseline`` are runs with a ``ping`` attribute (max_ms, p99_ms)."""
+        worst_bot = max(r.ping.max_ms for r in bot)
+        self.add(
+            bench,
+            "concurrent PING max (worst run)",
+            fmt_ms(worst_bot),
+            fmt_ms(max(r.ping.max_ms for r in baseline)),
+            "",
+            "< 10 ms",
+            worst_bot < 10,
+        )
+        self.add(
+            bench,
+            "concurrent PING p99 (median)",
+            fmt_ms(median([r.ping.p99_ms for r in bot])),
+            fmt_ms(median([r.ping.p99_ms for r in baseline])),
+        )
 
     def table(self, markdown: bool = False) -> str:
         head = ["benchmark", "metric", "bot", "baseline", "ratio", "target", "met"]

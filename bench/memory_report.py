@@ -114,22 +114,7 @@ def bench(res: Results, keys: int, runs: int) -> None:
             if same_mem and same_big
             else f"bot {bot[0].biggest} cli {mem[0].biggest} {big[0].biggest}",
         )
-        worst_bot = max(m.ping.max_ms for m in bot)
-        res.add(
-            name,
-            "concurrent PING max (worst run)",
-            fmt_ms(worst_bot),
-            fmt_ms(max(m.ping.max_ms for m in mem)),
-            "",
-            "< 10 ms",
-            worst_bot < 10,
-        )
-        res.add(
-            name,
-            "concurrent PING p99 (median)",
-            fmt_ms(median([m.ping.p99_ms for m in bot])),
-            fmt_ms(median([m.ping.p99_ms for m in mem])),
-        )
+        res.add_ping(name, bot, mem)
         res.add(
             name,
             "slowest command in Redis (SLOWLOG)",

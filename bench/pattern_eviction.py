@@ -114,22 +114,7 @@ def bench(res: Results, keys: int, runs: int) -> None:
             "<= 2x",
             t_bot / t_base <= 2,
         )
-        worst_bot = max(a.ping.max_ms for a in bot)
-        res.add(
-            name,
-            "concurrent PING max (worst run)",
-            fmt_ms(worst_bot),
-            fmt_ms(max(a.ping.max_ms for a in base)),
-            "",
-            "< 10 ms",
-            worst_bot < 10,
-        )
-        res.add(
-            name,
-            "concurrent PING p99 (median)",
-            fmt_ms(median([a.ping.p99_ms for a in bot])),
-            fmt_ms(median([a.ping.p99_ms for a in base])),
-        )
+        res.add_ping(name, bot, base)
         slow_base = max(base, key=lambda a: a.server_max_ms)
         res.add(
             name,

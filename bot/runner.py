@@ -769,7 +769,7 @@ def plan_drift(approved: Plan, fresh: Plan, margin: float) -> str | None:
     """
     for name in ("action", "target", "db", "pattern", "params"):
         if getattr(approved, name) != getattr(fresh, name):
-            return f"the plan's {name} changed"
+            return f"the plan's {name.replace('params', 'parameters')} changed"
     for name, slack in (("estimated_keys", 100), ("estimated_bytes", 1 << 20)):
         old, new = getattr(approved, name), getattr(fresh, name)
         if old is not None and new is not None and new > old * (1 + margin) + slack:

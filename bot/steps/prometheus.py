@@ -104,6 +104,18 @@ def _render(ctx: StepContext, client: PromClient, template: str, selector: str |
     return render(template, ctx.labels, selector if selector is not None else client.selector)
 
 
+def _prepare(ctx: StepContext, query: str, selector: str | None) -> tuple[PromClient, str] | StepOutput:
+    """The client and the query rendered from the alert's labels, or the ``skipped`` output saying
+    why the step cannot run (no Prometheus configured, a label the query needs is missing)."""
+    client = _client(ctx)
+    if client is None:
+        return StepOutput(summary=NO_PROMETHEUS, status="skipped")
+    try:
+        return client, _render(ctx, client, query, selector)
+    except PrometheusQueryError as exc:
+        return _skip(str(exc))
+
+
 def _skip(reason: str) -> StepOutput:
     return StepOutput(summary=f"skipped: {reason}", status="skipped")
 
@@ -135,13 +147,10 @@ async def query(ctx: StepContext, p: QueryParams) -> StepOutput:
 
     Warns when the (latest) value crosses ``warn_above``/``warn_below``, or when nothing matched.
     """
-    client = _client(ctx)
-    if client is None:
-        return StepOutput(summary=NO_PROMETHEUS, status="skipped")
-    try:
-        promql = _render(ctx, client, p.query, p.selector)
-    except PrometheusQueryError as exc:
-        return _skip(str(exc))
+    prepared = _prepare(ctx, p.query, p.selector)
+    if isinstance(prepared, StepOutput):
+        return prepared
+    client, promql = prepared
     title = p.title or "value"
     if p.range is None:
         return _instant_output(promql, await client.query(promql), p, title)
@@ -478,13 +487,10 @@ async def verify(ctx: StepContext, p: VerifyParams) -> StepOutput:
     comparisons filter: ``memory_ratio < 0.8`` is empty while memory is high). Mind the scrape
     interval: Prometheus sees a change one scrape later, so give ``within`` a few intervals.
     """
-    client = _client(ctx)
-    if client is None:
-        return StepOutput(summary=NO_PROMETHEUS, status="skipped")
-    try:
-        promql = _render(ctx, client, p.query, p.selector)
-    except PrometheusQueryError as exc:
-        return _skip(str(exc))
+    prepared = _prepare(ctx, p.query, p.selector)
+    if isinstance(prepared, StepOutput):
+        return prepared
+    client, promql = prepared
     title = p.title or "value"
     cond = _condition(p)
     started = time.monotonic()
@@ -573,15 +579,12 @@ async def chart(ctx: StepContext, p: ChartParams) -> StepOutput:
     which chat backends upload. Needs the optional ``charts`` extra (matplotlib); without it the step
     is skipped.
     """
-    client = _client(ctx)
-    if client is None:
-        return StepOutput(summary=NO_PROMETHEUS, status="skipped")
+    prepared = _prepare(ctx, p.query, p.selector)
+    if isinstance(prepared, StepOutput):
+        return prepared
     if not charts_available():
         return StepOutput(summary=NO_MATPLOTLIB, status="skipped")
-    try:
-        promql = _render(ctx, client, p.query, p.selector)
-    except PrometheusQueryError as exc:
-        return _skip(str(exc))
+    client, promql = prepared
     end = time.time()
     step_s = p.step or max(1.0, p.range / 240)
     series = await client.query_range(promql, start=end - p.range, end=end, step=step_s)
