@@ -53,6 +53,13 @@ class TargetError(BotError):
     """No Redis target matches an alert, or a target URL cannot be built from its labels."""
 
 
+class TargetRefused(TargetError):
+    """An alert's labels resolve a templated target to an address outside its ``allowed_addresses``.
+
+    Nothing connects there: credentials are only ever sent to an allowed address.
+    """
+
+
 class StepError(BotError):
     """A step failed; the message is meant for a human reading the incident thread."""
 
@@ -77,6 +84,20 @@ class PlanRefused(StepError):
     """A mutating action refused to build a plan because it would be unsafe (e.g. protected keys)."""
 
 
+class OverCap(PlanRefused):
+    """The plan is larger than a safety cap (keys or bytes per run): no approval is offered, a human
+    must narrow the action or raise the cap. The message carries the numbers."""
+
+
+class ActionStopped(StepError):
+    """A running action stopped part-way (kill switch, breaker): ``done`` says how far it got."""
+
+    def __init__(self, reason: str, done: dict[str, object] | None = None) -> None:
+        self.reason = reason
+        self.done = dict(done or {})
+        super().__init__(f"stopped: {reason}")
+
+
 class ApprovalError(BotError):
     """A decision on an approval could not be taken."""
 
@@ -95,6 +116,10 @@ class AlreadyDecided(ApprovalError):
 
 class NotAllowed(ApprovalError):
     """The person deciding is not an allowed approver for this step."""
+
+
+class IllegalTransition(BotError):
+    """A lifecycle event does not apply to a record in its current state (see :mod:`bot.lifecycle`)."""
 
 
 class NotFound(BotError):

@@ -76,6 +76,14 @@ async def _no_progress(_message: str) -> None:
     return None
 
 
+StopFn = Callable[[], Awaitable[str | None]]
+"""Asked by a running action before each batch: a reason to stop now (kill switch), or None."""
+
+
+async def _never_stop() -> str | None:
+    return None
+
+
 @dataclass
 class StepContext:
     """What a step may touch: the target's Redis client, the alert's labels, and a progress callback.
@@ -91,6 +99,7 @@ class StepContext:
     progress: ProgressFn = _no_progress
     settings: dict[str, Any] = field(default_factory=dict)
     prometheus: PromClient | None = None
+    should_stop: StopFn = _never_stop
 
 
 P = TypeVar("P", bound=StepParams)
