@@ -2,7 +2,8 @@
 
 Commands follow the contract in the design: serve, check, run, incidents, approve, deny, plus audit
 and kill-switch. Errors are one clear message on stderr and a non-zero exit code, never a traceback:
-0 success, 1 error or problems found, 2 usage, 3 nothing to decide / already decided.
+0 success, 1 error or problems found, 2 usage, 3 nothing to decide / already decided (or expired),
+4 a decision refused (kill switch, circuit breaker, plan changed) or an approved action not executed.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from typing import Any
 
 from bot import __version__
 from bot.alerts import Alert
+from bot.cli_ops import add_parsers as add_ops_parsers
+from bot.cli_ops import cmd_audit, cmd_breaker, cmd_kill_switch
 from bot.config import Config, load_config
-from bot.errors import AlreadyDecided, BotError, ConfigError, NotFound, Problem
+from bot.engine import Engine
+from bot.errors import AlreadyDecided, BotError, ConfigError, DecisionRefused, NotFound, Problem
 from bot.logs import setup_logging
 from bot.notifier import Notifier
 from bot.playbook import PlaybookSet, load_playbooks
 from bot.redisconn import RedisTarget, default_name, redact_url
-from bot.store import IngestItem, Store
+from bot.store import IngestItem, Store, open_store
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFLICT = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFLICT, EXIT_REFUSED = 0, 1, 2, 3, 4
 
 EPILOG = """\
 examples:
@@ -94,14 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         d.add_argument("--json", action="store_true")
 
-    a = cmd("audit", "Show the audit trail (append-only).")
-    a.add_argument("--json", action="store_true")
-    a.add_argument("--incident", type=int)
-    a.add_argument("--limit", type=int, default=200)
-
-    k = cmd("kill-switch", "Stop (on) or allow (off) every action at once, across all processes.")
-    k.add_argument("state", choices=["on", "off", "status"])
-    k.add_argument("--reason", default="")
+    add_ops_parsers(cmd)
     return p
 
 
@@ -154,7 +151,7 @@ def _print_incident(inc: Any) -> None:
 
 
 async def _with_store(config: Config) -> Store:
-    return await Store(config.state_file).open()
+    return await open_store(config.state_file)
 
 
 async def cmd_incidents(args: argparse.Namespace, config: Config) -> int:
@@ -180,7 +177,7 @@ async def cmd_incidents(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _cli_notifier(config: Config, store: Store, console: Notifier) -> Notifier:
+def _cli_notifier(config: Config, engine: Engine, console: Notifier) -> Notifier:
     """The console, plus Slack when its tokens are set: a decision taken here must also replace
     the buttons in the incident's Slack thread, or a later click would meet a stale message."""
     from bot.chat.slack_settings import SlackSettings
@@ -192,7 +189,7 @@ def _cli_notifier(config: Config, store: Store, console: Notifier) -> Notifier:
     from bot.chat.slack_app import web_client
     from bot.notifier import FanoutNotifier
 
-    return FanoutNotifier(console, SlackNotifier(web_client(slack), config.slack, lambda: store))
+    return FanoutNotifier(console, SlackNotifier(web_client(slack), config.slack, engine))
 
 
 def _confirm(step_id: str, plan: dict[str, Any], plan_hash: str) -> bool:
@@ -209,29 +206,24 @@ def _confirm(step_id: str, plan: dict[str, Any], plan_hash: str) -> bool:
 
 async def cmd_decide(args: argparse.Namespace, config: Config, playbooks: PlaybookSet, approve: bool) -> int:
     from bot.chat.console import ConsoleNotifier
-    from bot.runner import Runner
 
-    store = await _with_store(config)
-    notifier = _cli_notifier(
+    engine = Engine(config, playbooks, workers=False)
+    engine.notifier = _cli_notifier(
         config,
-        store,
+        engine,
         ConsoleNotifier(stream=sys.stderr if args.json else sys.stdout, config_path=args.config),
     )
-    runner = Runner(config, playbooks, store, notifier)
-    try:
+    async with engine:
         shown: dict[str, Any] = {}
         if approve and not args.yes and not args.json and sys.stdin.isatty():
-            pending = await store.pending_approval(args.id)
+            pending = await engine.store.pending_approval(args.id)
             if pending is not None:
                 if not _confirm(pending.step_id, pending.plan, pending.plan_hash):
                     print("not approved; nothing was changed")
                     return EXIT_OK
                 # Bind the decision to what was shown: a re-plan meanwhile must be looked at again.
                 shown = {"approval_id": pending.id, "plan_hash": pending.plan_hash}
-        report = await runner.decide(args.id, _actor(args.actor), approve, **shown)
-    finally:
-        await runner.stop()
-        await store.close()
+        report = await engine.runner.decide(args.id, _actor(args.actor), approve, **shown)
     if args.json:
         print(
             json.dumps(
@@ -247,46 +239,8 @@ async def cmd_decide(args: argparse.Namespace, config: Config, playbooks: Playbo
         )
     else:
         print(f"incident #{report.incident_id}: {report.message}")
-    return EXIT_OK
-
-
-async def cmd_audit(args: argparse.Namespace, config: Config) -> int:
-    store = await _with_store(config)
-    try:
-        entries = await store.list_audit(limit=args.limit, incident_id=args.incident)
-    finally:
-        await store.close()
-    if args.json:
-        print(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
-        return EXIT_OK
-    for e in entries:
-        inc = f"#{e.incident_id}" if e.incident_id is not None else "-"
-        detail = ", ".join(f"{k}={v}" for k, v in e.detail.items() if v not in (None, "", [], {}))
-        who = e.actor or "-"
-        ph = f" plan={e.plan_hash[:12]}" if e.plan_hash else ""
-        print(f"{e.ts} {e.kind:<18} {inc:<6} {who:<28} {e.target or '-'}{ph}  {detail}")
-    return EXIT_OK
-
-
-async def cmd_kill_switch(args: argparse.Namespace, config: Config) -> int:
-    from bot.runner import KILL_SWITCH
-
-    store = await _with_store(config)
-    try:
-        if args.state == "status":
-            value = await store.get_setting(KILL_SWITCH)
-        else:
-            value = f"on since {datetime.now(UTC):%Y-%m-%d %H:%M}Z by {_actor(None)}"
-            if args.reason:
-                value += f": {args.reason}"
-            await store.set_setting(KILL_SWITCH, value if args.state == "on" else None, actor=_actor(None))
-            value = value if args.state == "on" else None
-    finally:
-        await store.close()
-    if config.guardrails.kill_switch:
-        print("kill switch: ON in the config file (guardrails.kill_switch)")
-    print(f"kill switch: {'ON (' + value + ')' if value else 'off'}")
-    return EXIT_OK
+    # A decision that did not lead to what was asked (refused at execution) is not a success.
+    return EXIT_REFUSED if report.extra.get("refused") else EXIT_OK
 
 
 def _resolve_target(config: Config, given: str | None) -> tuple[str, int | None, RedisTarget]:
@@ -308,7 +262,6 @@ def _resolve_target(config: Config, given: str | None) -> tuple[str, int | None,
 
 async def cmd_run(args: argparse.Namespace, config: Config, playbooks: PlaybookSet) -> int:
     from bot.chat.console import ConsoleNotifier
-    from bot.runner import Runner
 
     pb = playbooks.get(args.playbook)
     if pb is None:
@@ -325,17 +278,20 @@ async def cmd_run(args: argparse.Namespace, config: Config, playbooks: PlaybookS
             "fingerprint": f"manual-{datetime.now(UTC).timestamp()}",
         }
     )
-    store = await _with_store(config)
     notifier = ConsoleNotifier(stream=sys.stderr if args.json else sys.stdout, config_path=args.config)
-    runner = Runner(config, playbooks, store, notifier, ad_hoc_targets={name: rt} if index is None else None)
-    try:
-        inc_id = await store.create_incident(
-            IngestItem(alert, pb.name, name, index, "run by hand", "cli"), dry_run=args.dry_run
+    async with Engine.open(
+        config,
+        notifier,
+        playbooks=playbooks,
+        workers=False,
+        ad_hoc_targets={name: rt} if index is None else None,
+    ) as engine:
+        inc_id = await engine.store.open_incident(
+            IngestItem(alert, pb.name, name, index, "run by hand", "cli"),
+            dry_run=args.dry_run,
+            requested_by=_actor(None),
         )
-        inc = await runner.run_incident(inc_id)
-    finally:
-        await runner.stop()
-        await store.close()
+        inc = await engine.runner.run_incident(inc_id)
     if args.json:
         print(inc.model_dump_json(indent=2))
     elif inc.pending_step and index is None:
@@ -400,7 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "audit":
             return asyncio.run(cmd_audit(args, config))
         if args.command == "kill-switch":
-            return asyncio.run(cmd_kill_switch(args, config))
+            return asyncio.run(cmd_kill_switch(args, config, _actor(None)))
+        if args.command == "breaker":
+            return asyncio.run(cmd_breaker(args, config, _actor(args.actor)))
         if args.command == "run":
             return asyncio.run(cmd_run(args, config, playbooks))
     except ConfigError as exc:
@@ -409,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AlreadyDecided, NotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFLICT
+    except DecisionRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except BotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from bot.chat.slack_settings import SlackSettings
 from bot.config import Config
+from bot.engine import Engine
 from bot.errors import StoreError
-from bot.intake import Intake
 from bot.metrics import Metrics
 from bot.notifier import Notifier
 from bot.playbook import PlaybookSet, load_playbooks
@@ -28,6 +28,7 @@ from bot.webhook import INTAKE, MAX_BODY, WEBHOOK_TOKEN, handle_alerts, never_50
 log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", Config)
+ENGINE = web.AppKey("engine", Engine)
 STORE = web.AppKey("store", Store)
 RUNNER = web.AppKey("runner", Runner)
 PLAYBOOKS = web.AppKey("playbooks", PlaybookSet)
@@ -83,42 +84,41 @@ def create_app(
     """
     pbs = playbooks if playbooks is not None else load_playbooks(config.playbooks)
     slack = slack if slack is not None else SlackSettings.from_env()
+    metrics = Metrics()
+    engine = Engine(config, pbs, notifier, metrics=metrics, chat="slack" if slack is not None else "chat")
     slack_wiring = None
     if slack is not None:
         from bot.chat.slack_app import SlackWiring
         from bot.oneshot import with_adhoc_playbooks
 
-        pbs = with_adhoc_playbooks(pbs)  # so `/redis evict` incidents resolve their playbook
-        slack_wiring = SlackWiring(
-            config, slack, store=lambda: app[STORE], runner=lambda: app[RUNNER], playbooks=lambda: pbs
-        )
-        notifier = notifier or slack_wiring.notifier
+        engine.playbooks = with_adhoc_playbooks(pbs)  # so `/redis evict` incidents resolve their playbook
+        slack_wiring = SlackWiring(config, slack, engine)
+        engine.notifier = notifier or slack_wiring.notifier
     limit = config.server.max_body_bytes
     app = web.Application(client_max_size=limit, middlewares=[never_500])
     app[CONFIG] = config
-    app[PLAYBOOKS] = pbs
+    app[ENGINE] = engine
+    app[PLAYBOOKS] = engine.playbooks
     app[MAX_BODY] = limit
-    metrics = app[METRICS] = Metrics()
+    app[METRICS] = metrics
     app[WEBHOOK_TOKEN] = (
         webhook_token if webhook_token is not None else os.environ.get("BOT_WEBHOOK_TOKEN", "")
     )
 
-    async def engine(app: web.Application) -> AsyncIterator[None]:
-        store = await Store(config.state_file).open()
-        runner = Runner(config, pbs, store, notifier, metrics=metrics)
-        app[STORE] = store
-        app[RUNNER] = runner
-        app[INTAKE] = Intake(config, pbs, store, runner)
-        await runner.start()
-        log.info(
-            "ready: %d playbooks, %d targets, state in %s", len(pbs), len(config.targets), config.state_file
-        )
-        yield
-        await runner.stop()
-        await runner.notifier.close()
-        await store.close()
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        async with engine:
+            app[STORE] = engine.store
+            app[RUNNER] = engine.runner
+            app[INTAKE] = engine.intake
+            log.info(
+                "ready: %d playbooks, %d targets, state in %s",
+                len(engine.playbooks),
+                len(config.targets),
+                config.state_file,
+            )
+            yield
 
-    app.cleanup_ctx.append(engine)
+    app.cleanup_ctx.append(lifetime)
     if slack_wiring is not None:
         app.cleanup_ctx.append(slack_wiring.lifetime)
         if slack_wiring.settings.signing_secret:

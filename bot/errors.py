@@ -114,6 +114,14 @@ class AlreadyDecided(ApprovalError):
         super().__init__(f"already {state} by {who}{when}")
 
 
+class DecisionConflict(ApprovalError):
+    """Another decision landed between reading an approval and writing this one: read it again."""
+
+
+class DecisionRefused(ApprovalError):
+    """A decision that cannot be taken now (kill switch, breaker): the approval stays pending."""
+
+
 class NotAllowed(ApprovalError):
     """The person deciding is not an allowed approver for this step."""
 

@@ -26,6 +26,8 @@ class IncidentState(StrEnum):
     ESCALATED = "escalated"
     RESOLVED = "resolved"
     UNMATCHED = "unmatched"
+    MERGED = "merged"
+    """Another alert of the same playbook on the same target joined an open incident (alert storms)."""
 
 
 OPEN_STATES = frozenset(
@@ -116,6 +118,7 @@ class Approval(BaseModel):
     decided_by: str | None = None
     decided_at: str | None = None
     chat_ref: dict[str, Any] = Field(default_factory=dict)
+    requested_by: str | None = None
 
     @property
     def approvers(self) -> list[str]:
@@ -142,6 +145,11 @@ class Incident(BaseModel):
     updated_at: str | None = None
     ends_at: str | None = None
     chat_ref: dict[str, Any] = Field(default_factory=dict)
+    requested_by: str | None = None
+    """Who started a hand-run incident (``cli:ACCOUNT``, ``slack:USER``); None for alerts."""
+    alert_count: int = 1
+    """Alerts this incident stands for (alerts of the same playbook and target join an open one)."""
+    merged_into: int | None = None
     steps: list[StepRun] = Field(default_factory=list)
     pending_step: dict[str, Any] | None = None
 

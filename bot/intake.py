@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from bot.alerts import Alert, Notification
 from bot.config import Config
-from bot.errors import TargetError
-from bot.incidents import Incident, IncidentState
+from bot.errors import TargetError, TargetRefused
+from bot.incidents import Incident
 from bot.playbook import PlaybookSet
 from bot.runner import Runner
 from bot.store import IngestItem, IngestResult, Store
@@ -26,20 +26,11 @@ PROBE_SOURCE = "probe"
 
 
 async def firing_incident(
-    store: Store, target: str, alertname: str, *, source: str | None = None, limit: int = 500
+    store: Store, target: str, alertname: str, *, source: str | None = None
 ) -> Incident | None:
-    """The newest incident for ``alertname`` on ``target`` whose alert still fires (merged or
-    unmatched ones excluded), optionally only one opened by ``source``."""
-    for inc in await store.list_incidents(limit=limit, steps=False):
-        if (
-            inc.alertname == alertname
-            and inc.target == target
-            and inc.alert_status == "firing"
-            and inc.status != IncidentState.UNMATCHED
-            and (source is None or inc.source == source)
-        ):
-            return inc
-    return None
+    """The newest incident for ``alertname`` on ``target`` whose alert still fires (an indexed
+    look-up in the store; merged or unmatched ones excluded)."""
+    return await store.firing_incident(target, alertname, source=source)
 
 
 def match_alert(
@@ -49,10 +40,13 @@ def match_alert(
     pb = playbooks.match(alert.labels)
     note = ""
     target = None
+    refused = False
     index = next((i for i, t in enumerate(config.targets) if t.matches(alert.labels)), None)
     if index is not None:
         try:
             target = config.targets[index].target_name(alert.labels)
+        except TargetRefused as exc:
+            note, index, refused = f"refused: {exc}", None, True
         except TargetError as exc:
             note = str(exc)
             index = None
@@ -60,7 +54,7 @@ def match_alert(
         note = "no target in the config matches the alert's labels"
     if pb is None:
         note = f"no playbook handles alertname={alert.alertname!r}" + (f"; {note}" if note else "")
-    return IngestItem(alert, pb.name if pb else None, target, index, note, source)
+    return IngestItem(alert, pb.name if pb else None, target, index, note, source, refused)
 
 
 class Intake:
@@ -87,17 +81,42 @@ class Intake:
         for (status, source), n in Counter((it.alert.status, it.source) for it in items).items():
             self.runner.metrics.alert_received(status, source, n)
         for inc_id in result.new:
-            self.runner.submit(inc_id)
+            if not self.runner.submit(inc_id, result.targets.get(inc_id, "")):
+                self.runner.spawn(self._overflow(inc_id))
         for inc_id in result.resolved:
-            self.runner.spawn(self.runner.on_resolved(inc_id))
-        if result.new or result.resolved:
+            self.runner.spawn(self.runner.on_resolved(inc_id, result.cancelled))
+        for parent, n in result.merged.items():
+            self.runner.spawn(self._joined(parent, n))
+        for inc_id in result.refused:
+            self.runner.spawn(self._refused(inc_id))
+        if result.new or result.resolved or result.merged:
             log.info(
-                "alerts: %d new incident(s), %d resolved, %d repeat(s)",
+                "alerts: %d new incident(s), %d joined open ones, %d resolved, %d repeat(s)",
                 len(result.new),
+                sum(result.merged.values()),
                 len(result.resolved),
                 result.duplicates,
             )
         return result
+
+    async def _joined(self, parent: int, n: int) -> None:
+        """Alerts that joined an open incident: its thread shows the new count, once per batch."""
+        inc = await self.store.get_incident(parent)
+        await self.runner.notifier.incident_updated(inc)
+
+    async def _refused(self, inc_id: int) -> None:
+        """A label pointed a templated target outside its allowed addresses: nothing connected; a
+        human hears of it, because this is either a misconfiguration or an attack."""
+        inc = await self.store.get_incident(inc_id, steps=False)
+        self.runner.metrics.call_error("refused_target")
+        await self.runner.notifier.notice(f"alert {inc.alertname} (incident #{inc.id}) {inc.note}", "warning")
+
+    async def _overflow(self, inc_id: int) -> None:
+        inc = await self.store.get_incident(inc_id, steps=False)
+        await self.store.fail(
+            inc_id, f"not run: too many incidents already queued for {inc.target}", target=inc.target
+        )
+        await self.runner.notifier.incident_updated(await self.store.get_incident(inc_id))
 
     async def _merge_with_probe(self, item: IngestItem) -> IngestItem:
         """An Alertmanager alert the health probe already reported joins the probe's incident.

@@ -191,4 +191,4 @@ async def start_incident(
         }
     )
     item = IngestItem(alert, pb.name, target.name, target.index, f"started by {requested_by}", source)
-    return await store.create_incident(item, dry_run=dry_run)
+    return await store.open_incident(item, dry_run=dry_run, requested_by=requested_by)

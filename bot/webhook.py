@@ -94,6 +94,7 @@ async def _handle_alerts(request: web.Request) -> web.Response:
             "status": "ok",
             "accepted": result.accepted,
             "new_incidents": result.new,
+            "joined": {str(k): v for k, v in result.merged.items()},
             "resolved_incidents": result.resolved,
             "duplicates": result.duplicates,
         }

@@ -18,7 +18,7 @@ from bot.incidents import IncidentState
 from bot.logs import JsonFormatter
 from bot.playbook import load_playbooks
 from bot.runner import Runner
-from bot.store import Store
+from bot.store import SQLiteStore
 from tests.conftest import RecordingNotifier, RedisServer, alert_payload, free_port, wait_for, write_config
 
 PLAYBOOK = """\
@@ -159,14 +159,14 @@ async def test_runner_logs_carry_incident_ids(
 ) -> None:
     """A step that was running when the bot died: the restart's warning names the incident."""
     cfg = load_config(write_config(tmp_path, redis_server.url))
-    store = await Store(cfg.state_file).open()
+    store = await SQLiteStore(cfg.state_file).open()
     from bot.alerts import Alert
     from bot.store import IngestItem
 
     alert = Alert.model_validate(
         {"status": "firing", "labels": {"alertname": "X"}, "startsAt": "2026-01-01T00:00:00Z"}
     )
-    inc_id = await store.create_incident(IngestItem(alert, "redis-memory-high", "t", 0))
+    inc_id = await store.open_incident(IngestItem(alert, "redis-memory-high", "t", 0))
     await store.start_step(inc_id, 0, "evict", "redis.evict", True)
     runner = Runner(cfg, load_playbooks(cfg.playbooks), store)
     with caplog.at_level(logging.WARNING, logger="bot.runner"):

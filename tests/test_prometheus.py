@@ -28,7 +28,7 @@ from bot.redisconn import RedisTarget
 from bot.runner import Runner
 from bot.steps import REGISTRY, StepContext, StepOutput
 from bot.steps import prometheus as promsteps
-from bot.store import IngestItem, Store
+from bot.store import IngestItem, SQLiteStore
 from tests.conftest import RecordingNotifier, RedisServer, write_config
 
 
@@ -328,7 +328,7 @@ async def test_runner_degrades_only_the_prometheus_step(tmp_path: Path, redis_se
             f"playbooks: playbooks\nprometheus: {{url: 'http://127.0.0.1:{dead}', timeout: 2s}}\n",
         )
     )
-    store = await Store(cfg.state_file).open()
+    store = await SQLiteStore(cfg.state_file).open()
     runner = Runner(cfg, load_playbooks(cfg.playbooks), store, RecordingNotifier())
     try:
         from bot.alerts import Alert
@@ -340,7 +340,7 @@ async def test_runner_degrades_only_the_prometheus_step(tmp_path: Path, redis_se
                 "startsAt": "2026-01-01T00:00:00Z",
             }
         )
-        inc_id = await store.create_incident(IngestItem(alert, "p", cfg.targets[0].resolve({}).name, 0))
+        inc_id = await store.open_incident(IngestItem(alert, "p", cfg.targets[0].resolve({}).name, 0))
         inc = await runner.run_incident(inc_id)
     finally:
         await runner.stop()

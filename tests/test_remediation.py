@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,13 @@ import redis
 
 from bot.alerts import Notification
 from bot.config import Config, load_config
-from bot.errors import AlreadyDecided, ApprovalError, NotFound
+from bot.engine import Engine
+from bot.errors import AlreadyDecided, ApprovalError, DecisionRefused, NotFound
 from bot.eviction import evict
 from bot.incidents import ApprovalState, IncidentState, StepStatus
-from bot.intake import Intake
 from bot.playbook import load_playbooks
-from bot.runner import KILL_SWITCH, Runner
-from bot.store import Store
+from bot.runner import KILL_SWITCH
+from bot.runner.decide import rule
 from tests.conftest import RecordingNotifier, RedisServer, alert_payload, seed_platform
 
 PLAYBOOK = """\
@@ -42,24 +43,23 @@ steps:
 
 
 class Bot:
-    """The engine wired as the service wires it, minus HTTP: intake, runner, store."""
+    """The engine as the service builds it, minus HTTP."""
 
     def __init__(self, config: Config, notifier: RecordingNotifier | None = None) -> None:
         self.config = config
-        self.playbooks = load_playbooks(config.playbooks)
         self.notifier = notifier or RecordingNotifier()
-        self.store = Store(config.state_file)
-        self.runner = Runner(config, self.playbooks, self.store, self.notifier)
-        self.intake = Intake(config, self.playbooks, self.store, self.runner)
+        self.engine = Engine(config, notifier=self.notifier)
+        self.playbooks = self.engine.playbooks
 
     async def __aenter__(self) -> Bot:
-        await self.store.open()
-        await self.runner.start()
+        await self.engine.start()
+        self.store = self.engine.store
+        self.runner = self.engine.runner
+        self.intake = self.engine.intake
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.runner.stop()
-        await self.store.close()
+        await self.engine.stop()
 
     async def fire(self, alertname: str, status: str = "firing", fingerprint: str = "fp-1") -> int:
         result = await self.intake.receive(
@@ -69,6 +69,21 @@ class Bot:
         ids = result.new or result.resolved
         assert ids, result
         return ids[0]
+
+
+async def approve_in_store(store: Any, approval_id: int, who: str) -> Any:
+    """Record an approval with quorum straight in the store (as a process that then dies would)."""
+    ap = await store.get_approval(approval_id)
+    ruling = rule(ap, who, True, time.time())
+    return await store.decide(
+        ap.id,
+        who=who,
+        approve=True,
+        seen=len(ap.decisions),
+        decisions=ruling.decisions,
+        state=ruling.state,
+        target=None,
+    )
 
 
 @pytest.fixture
@@ -352,16 +367,21 @@ async def test_interrupted_action_is_not_rerun_after_restart(
         inc_id = await b1.fire("TestEvict")
         pending = (await b1.store.get_incident(inc_id)).pending_step
         assert pending is not None
-        outcome = await b1.store.decide(pending["approval_id"], "alice", True)
-        assert outcome.complete
-        # The process dies right after starting the action (step row says running).
-        await b1.store.start_step(inc_id, 1, "evict", "redis.evict", True)
+        ap = await approve_in_store(b1.store, pending["approval_id"], "alice")
+        # The process dies right after claiming the action (its run says running, 7 keys deleted).
+        run_id = await b1.store.claim(ap.id, summary="approved", actor="alice", target="t")
+        assert run_id is not None
+        await b1.store.checkpoint(run_id, {"deleted": 7})
     async with Bot(config) as b2:
         inc = await b2.store.get_incident(inc_id)
         assert inc.status == IncidentState.FAILED and "interrupted" in inc.note
         assert inc.steps[-1].status == StepStatus.INTERRUPTED
+        assert inc.steps[-1].data == {"deleted": 7}
         ap = await b2.store.get_approval(pending["approval_id"])
         assert ap.state == ApprovalState.INTERRUPTED
+        # The interruption is recorded with how far it got, and counts as a failed action.
+        executed = [e for e in await b2.store.list_audit(incident_id=inc_id) if e.kind == "action.executed"]
+        assert executed and executed[-1].detail["ok"] is False and executed[-1].detail["keys_affected"] == 7
         with pytest.raises(AlreadyDecided):
             await b2.runner.decide(inc_id, "bob", True)
         await b2.runner.drain()
@@ -400,7 +420,7 @@ async def test_circuit_breaker_pauses_after_consecutive_failures(bot: Bot, redis
     target = bot.config.targets[0].resolve({}).name
     for _ in range(2):
         await bot.store.audit("action.executed", target=target, detail={"ok": False})
-    reason = await bot.runner.guard_reason(target)
+    reason = await bot.runner.guardrails.reason(target)
     assert reason is not None and "the last 2 actions" in reason
 
 
@@ -408,11 +428,25 @@ async def test_kill_switch_stops_all_actions(bot: Bot, redis_sync: redis.Redis) 
     seed_platform(redis_sync, agents=20)
     inc_id = await bot.fire("TestEvict", fingerprint="k1")
     await bot.store.set_setting(KILL_SWITCH, "on: testing", actor="ops")
-    report = await bot.runner.decide(inc_id, "alice", True)
-    assert not report.executed and "kill switch" in report.message
+    # The decision is refused, audited, and the approval stays pending (approvable once lifted).
+    with pytest.raises(DecisionRefused, match="kill switch"):
+        await bot.runner.decide(inc_id, "alice", True)
     assert counts(redis_sync)["agent"] == 20
+    inc = await bot.store.get_incident(inc_id)
+    assert inc.status == IncidentState.AWAITING_APPROVAL and inc.pending_step is not None
+    assert any(e.kind == "approval.refused" for e in await bot.store.list_audit(incident_id=inc_id))
+    await bot.store.set_setting(KILL_SWITCH, None, actor="ops")
+    assert (await bot.runner.decide(inc_id, "alice", True)).executed
+    assert counts(redis_sync).get("agent", 0) == 0
+
+
+async def test_kill_switch_escalates_new_incidents(bot: Bot, redis_sync: redis.Redis) -> None:
+    seed_platform(redis_sync, agents=20)
+    await bot.store.set_setting(KILL_SWITCH, "on: testing", actor="ops")
     second = await bot.fire("TestEvict", fingerprint="k2")
-    assert (await bot.store.get_incident(second)).status == IncidentState.ESCALATED
+    inc = await bot.store.get_incident(second)
+    assert inc.status == IncidentState.ESCALATED and "kill switch" in inc.note
+    assert counts(redis_sync)["agent"] == 20
 
 
 async def test_dry_run_changes_nothing(bot_config: Any, redis_sync: redis.Redis) -> None:
@@ -675,9 +709,9 @@ async def test_an_approval_cannot_be_claimed_after_the_alert_resolved(
     inc_id = await bot.fire("TestEvict")
     pending = (await bot.store.get_incident(inc_id)).pending_step
     assert pending is not None
-    assert (await bot.store.decide(pending["approval_id"], "alice", True)).complete
+    await approve_in_store(bot.store, pending["approval_id"], "alice")
     await bot.fire("TestEvict", "resolved")
-    assert not await bot.store.claim_execution(pending["approval_id"])
+    assert await bot.store.claim(pending["approval_id"], summary="s", actor="alice", target="t") is None
     assert counts(redis_sync)["agent"] == 10
 
 
@@ -746,14 +780,12 @@ async def test_a_decided_but_unstarted_action_is_interrupted_after_a_restart(
         inc_id = await b1.fire("TestEvict")
         pending = (await b1.store.get_incident(inc_id)).pending_step
         assert pending is not None
-        await b1.store.decide(pending["approval_id"], "alice", True)
-        assert await b1.store.claim_execution(pending["approval_id"])
+        await approve_in_store(b1.store, pending["approval_id"], "alice")
         await b1.store._run(
             b1.store.conn.execute,
             "UPDATE approvals SET owner = 'elsewhere:1' WHERE id = ?",
             (pending["approval_id"],),
         )
-        await b1.store.update_incident(inc_id, state=IncidentState.REMEDIATING)
     async with Bot(config) as b2:  # the process that claimed it is gone
         inc = await b2.store.get_incident(inc_id)
         assert inc.status == IncidentState.FAILED and "interrupted" in inc.note

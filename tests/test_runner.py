@@ -13,7 +13,7 @@ from bot.incidents import IncidentState, StepStatus
 from bot.intake import Intake
 from bot.playbook import load_playbooks
 from bot.runner import Runner
-from bot.store import Store
+from bot.store import SQLiteStore, Store
 from tests.conftest import RecordingNotifier, RedisServer, alert_payload, seed_platform
 
 PLAYBOOKS = {
@@ -46,7 +46,7 @@ async def make(tmp_path: Path, url: str) -> tuple[Store, Runner, Intake, Recordi
     )
     config = load_config(path)
     playbooks = load_playbooks(config.playbooks)
-    store = await Store(config.state_file).open()
+    store = await SQLiteStore(config.state_file).open()
     notifier = RecordingNotifier()
     runner = Runner(config, playbooks, store, notifier)
     return store, runner, Intake(config, playbooks, store, runner), notifier

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from bot.app import STORE, create_app
 from bot.config import Config, load_config
 from bot.incidents import IncidentState
-from bot.store import Store
+from bot.store import SQLiteStore, Store
 from tests.conftest import RecordingNotifier, alert_payload, load_fixture_payloads, wait_for, write_config
 
 TOKEN = "s3cret-token"
@@ -51,7 +51,7 @@ async def test_answer_comes_after_persisting(client: TestClient) -> None:
     body = await resp.json()
     assert resp.status == 200 and body["accepted"] == 1 and len(body["new_incidents"]) == 1
     # A separate connection to the file sees the incident at once: it was committed before the answer.
-    other = await Store(client.app[STORE].path).open()
+    other = await SQLiteStore(client.app[STORE].path).open()
     try:
         inc = await other.get_incident(body["new_incidents"][0], steps=False)
         assert inc.alertname == "RedisHitRateLow"
@@ -89,11 +89,20 @@ async def test_concurrent_duplicate_deliveries_make_exactly_one_incident(client:
 
 
 async def test_same_fingerprint_new_start_is_a_new_incident(client: TestClient) -> None:
-    await client.post("/alerts", json=alert_payload("RedisDown", fingerprint="f1"), headers=AUTH)
+    first = await (
+        await client.post("/alerts", json=alert_payload("RedisDown", fingerprint="f1"), headers=AUTH)
+    ).json()
     later = alert_payload("RedisDown", fingerprint="f1", starts_at="2026-11-25T21:00:00Z")
     body = await (await client.post("/alerts", json=later, headers=AUTH)).json()
-    assert len(body["new_incidents"]) == 1
+    # Recorded on its own, but while the first incident is open it joins it (one diagnosis).
+    assert body["new_incidents"] == [] and body["joined"] == {str(first["new_incidents"][0]): 1}
     assert len(await incidents(client)) == 2
+    resolved = alert_payload("RedisDown", "resolved", fingerprint="f1")
+    await client.post("/alerts", json=resolved, headers=AUTH)
+    again = alert_payload("RedisDown", fingerprint="f1", starts_at="2026-11-25T22:00:00Z")
+    body = await (await client.post("/alerts", json=again, headers=AUTH)).json()
+    assert len(body["new_incidents"]) == 1
+    assert len(await incidents(client)) == 3
 
 
 async def test_mixed_group_firing_and_resolved(client: TestClient) -> None:
@@ -257,7 +266,8 @@ def _item(fingerprint: str, status: str = "firing", alertname: str = "RedisHitRa
     from bot.store import IngestItem
 
     raw = alert_payload(alertname, status, fingerprint=fingerprint)["alerts"][0]
-    return IngestItem(Alert.model_validate(raw), "redis-hit-rate-low", "t:1/0", 0)
+    # One target per alert: these tests are about group commit, not about alerts joining.
+    return IngestItem(Alert.model_validate(raw), "redis-hit-rate-low", f"t-{fingerprint}:1/0", 0)
 
 
 async def _hold_store_thread(store: Store, seconds: float) -> asyncio.Future[None]:
@@ -275,7 +285,7 @@ async def _hold_store_thread(store: Store, seconds: float) -> asyncio.Future[Non
 
 
 async def test_concurrent_ingests_commit_together_each_with_its_own_result(tmp_path: Path) -> None:
-    store = await Store(tmp_path / "s.sqlite3").open()
+    store = await SQLiteStore(tmp_path / "s.sqlite3").open()
     try:
         (known,) = (await store.ingest([_item("known")])).new
         before = store.ingest_transactions
@@ -313,15 +323,15 @@ async def test_one_failing_notification_does_not_fail_its_group(
 
     from bot.errors import StoreError
 
-    store = await Store(tmp_path / "s.sqlite3").open()
-    real = Store._resolve_alert
+    store = await SQLiteStore(tmp_path / "s.sqlite3").open()
+    real = SQLiteStore._resolve_alert
 
-    def refuse_bad(self: Store, conn: Any, it: Any, now: float, result: Any) -> Any:
+    def refuse_bad(self: SQLiteStore, conn: Any, it: Any, now: float, result: Any) -> Any:
         if it.alert.fingerprint == "bad":
             raise sqlite3.OperationalError("disk I/O error")
         return real(self, conn, it, now, result)
 
-    monkeypatch.setattr(Store, "_resolve_alert", refuse_bad)
+    monkeypatch.setattr(SQLiteStore, "_resolve_alert", refuse_bad)
     try:
         held = await _hold_store_thread(store, 0.2)
         calls = [

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
@@ -31,6 +30,7 @@ from bot.chat.slack_blocks import (
     step_message,
 )
 from bot.config import SlackConfig
+from bot.engine import Engine
 from bot.incidents import Approval, ApprovalState, Incident, StepRun
 from bot.notifier import NoticeLevel
 from bot.store import Store
@@ -44,14 +44,14 @@ PROGRESS_INTERVAL = 3.0
 class SlackNotifier:
     """Implements :class:`bot.notifier.Notifier` with the Slack Web API.
 
-    ``store`` is a getter because the notifier is built before the service opens its store.
+    It reaches the store through the engine (started before any message is sent).
     """
 
     def __init__(
         self,
         client: AsyncWebClient,
         config: SlackConfig,
-        store: Callable[[], Store],
+        engine: Engine,
         *,
         progress_interval: float = PROGRESS_INTERVAL,
     ) -> None:
@@ -59,7 +59,7 @@ class SlackNotifier:
             raise ValueError("slack.channel is required to post incidents")
         self.client = client
         self.channel = config.channel
-        self._store = store
+        self.engine = engine
         self.progress_interval = progress_interval
         self._parents: dict[int, dict[str, Any]] = {}
         self._progress: dict[tuple[int, str], tuple[str, str, float]] = {}
@@ -68,7 +68,7 @@ class SlackNotifier:
 
     @property
     def store(self) -> Store:
-        return self._store()
+        return self.engine.store
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -101,7 +101,7 @@ class SlackNotifier:
                 return fresh.chat_ref, False
             text, blocks = incident_message(fresh)
             ref = await self._post(text, blocks)
-            await self.store.update_incident(inc.id, chat_ref=ref)
+            await self.store.set_incident_chat_ref(inc.id, ref)
             self._parents[inc.id] = ref
             return ref, True
 

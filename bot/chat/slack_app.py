@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -32,10 +32,8 @@ from bot.chat.slack_blocks import APPROVE_ACTION, DENY_ACTION, mrkdwn
 from bot.chat.slack_commands import COMMAND, Commands, parse
 from bot.chat.slack_settings import SlackSettings
 from bot.config import Config
+from bot.engine import Engine
 from bot.errors import ConfigError, Problem
-from bot.playbook import PlaybookSet
-from bot.runner import Runner
-from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +78,17 @@ class SlackWiring:
         self,
         config: Config,
         settings: SlackSettings,
-        *,
-        store: Callable[[], Store],
-        runner: Callable[[], Runner],
-        playbooks: Callable[[], PlaybookSet],
+        engine: Engine,
     ) -> None:
         check_config(config)
         self.config = config
         self.settings = settings
         self.client = web_client(settings)
-        self.notifier = SlackNotifier(self.client, config.slack, store)
+        self.engine = engine
+        self.notifier = SlackNotifier(self.client, config.slack, engine)
         self.approvers = Approvers(config.slack, self.client)
-        self.decisions = Decisions(self.approvers, runner, store)
-        self.commands = Commands(config, runner, store, playbooks)
-        self._runner = runner
+        self.decisions = Decisions(self.approvers, engine)
+        self.commands = Commands(config, engine)
         self.bolt: AsyncApp | None = None
         self.socket: AsyncSocketModeHandler | None = None
 
@@ -114,7 +109,7 @@ class SlackWiring:
         return app
 
     def _background(self, work: Awaitable[None]) -> None:
-        self._runner().spawn(work)
+        self.engine.runner.spawn(work)
 
     async def on_approve(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
         await ack()

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +22,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chat.slack_blocks import already_decided_text, mentionize, parse_button_value
 from bot.config import SlackConfig
+from bot.engine import Engine
 from bot.errors import AlreadyDecided, ApprovalError, BotError, NotFound
 from bot.incidents import ApprovalState
-from bot.runner import Runner
-from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +131,10 @@ class Decisions:
     def __init__(
         self,
         approvers: Approvers,
-        runner: Callable[[], Runner],
-        store: Callable[[], Store],
+        engine: Engine,
     ) -> None:
         self.approvers = approvers
-        self._runner = runner
-        self._store = store
+        self.engine = engine
 
     async def handle(self, click: Click, approve: bool, client: AsyncWebClient) -> str:
         """Check and decide; tell the clicker (ephemeral) what happened. Returns what was said."""
@@ -157,7 +153,7 @@ class Decisions:
         if parsed is None:
             return ":warning: This button does not carry a valid approval. Nothing was changed."
         inc_id, ap_id, plan_hash = parsed
-        store = self._store()
+        store = self.engine.store
         refusal = await self.approvers.refusal(click.user)
         if refusal is not None:
             await store.audit(
@@ -182,7 +178,9 @@ class Decisions:
                 " Use the newest approval request in the thread. Nothing was changed."
             )
         try:
-            report = await self._runner().decide(inc_id, f"slack:{click.user}", approve, approval_id=ap_id)
+            report = await self.engine.runner.decide(
+                inc_id, f"slack:{click.user}", approve, approval_id=ap_id
+            )
         except AlreadyDecided as exc:
             return already_decided_text(exc.state, exc.decided_by, exc.decided_at)
         except ApprovalError as exc:

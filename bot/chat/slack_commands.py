@@ -29,6 +29,7 @@ from bot.chat.slack_blocks import (
     who,
 )
 from bot.config import Config
+from bot.engine import Engine
 from bot.errors import BotError, StepError
 from bot.incidents import OPEN_STATES
 from bot.oneshot import (
@@ -40,9 +41,6 @@ from bot.oneshot import (
     start_incident,
     target_names,
 )
-from bot.playbook import PlaybookSet
-from bot.runner import Runner
-from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +116,10 @@ class Commands:
     def __init__(
         self,
         config: Config,
-        runner: Callable[[], Runner],
-        store: Callable[[], Store],
-        playbooks: Callable[[], PlaybookSet],
+        engine: Engine,
     ) -> None:
         self.config = config
-        self._runner = runner
-        self._store = store
-        self._playbooks = playbooks
+        self.engine = engine
         self._handlers: dict[str, Callable[[Request], Awaitable[tuple[str, list[Block]]]]] = {
             "health": self.health,
             "info": self.info,
@@ -152,7 +146,7 @@ class Commands:
 
     async def execute(self, req: Request, respond: Respond) -> None:
         """Run the subcommand and post its result (ephemeral when it failed)."""
-        store = self._store()
+        store = self.engine.store
         await store.audit(
             "slack.command",
             actor=req.actor,
@@ -271,8 +265,8 @@ class Commands:
 
     async def incidents(self, req: Request) -> tuple[str, list[Block]]:
         """Open and recent incidents; messages Slack missed while it was down are posted again."""
-        store = self._store()
-        runner = self._runner()
+        store = self.engine.store
+        runner = self.engine.runner
         rows = await store.list_incidents(limit=50)
         open_ = [i for i in rows if i.status in OPEN_STATES]
         shown = (open_ + [i for i in rows if i.status not in OPEN_STATES])[:INCIDENTS_SHOWN]
@@ -312,7 +306,7 @@ class Commands:
     async def run(self, req: Request) -> tuple[str, list[Block]]:
         """A playbook by hand: diagnostics run now, actions wait for approval in the thread."""
         args, target = self._split(req, 1, "run PLAYBOOK [target]")
-        playbooks = self._playbooks()
+        playbooks = self.engine.playbooks
         if not args:
             names = ", ".join(code(p.name) for p in playbooks.playbooks)
             raise Usage(f"usage: `{COMMAND} run PLAYBOOK [target]`; playbooks: {names}")
@@ -340,14 +334,14 @@ class Commands:
         resolved = resolve_target(self.config, target)
         await resolved.target.close()
         inc_id = await start_incident(
-            self._store(),
-            self._playbooks(),
+            self.engine.store,
+            self.engine.playbooks,
             playbook,
             resolved,
             requested_by=req.actor,
             source="slack",
         )
-        self._runner().submit(inc_id)
+        self.engine.runner.submit(inc_id)
         text = f"Started incident #{inc_id}: {what} on {resolved.name}"
         body = (
             f":arrow_forward: *Incident #{inc_id}* started by {who(req.actor)}: {what} on {code(resolved.name)}.\n"

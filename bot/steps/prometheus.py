@@ -479,7 +479,7 @@ def _holds(samples: list[Sample], p: VerifyParams) -> bool:
     return True
 
 
-@step("prometheus.verify", params=VerifyParams, timeout=900.0)
+@step("prometheus.verify", params=VerifyParams, timeout=900.0, verifies=True)
 async def verify(ctx: StepContext, p: VerifyParams) -> StepOutput:
     """Helped if the query's value(s) are below/above the bound within the window (PromQL condition).
 

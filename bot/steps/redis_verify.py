@@ -25,7 +25,7 @@ class MemoryBelowParams(StepParams):
     interval: Duration = 1.0
 
 
-@step("redis.verify_memory_below", params=MemoryBelowParams, timeout=600.0)
+@step("redis.verify_memory_below", params=MemoryBelowParams, timeout=600.0, verifies=True)
 async def verify_memory_below(ctx: StepContext, p: MemoryBelowParams) -> StepOutput:
     """Helped if used memory falls below ``ratio`` of maxmemory within the time window."""
     deadline = time.monotonic() + p.within
@@ -65,7 +65,7 @@ class HitRateParams(StepParams):
     min_lookups: int = Field(default=20, ge=1)
 
 
-@step("redis.verify_hit_rate", params=HitRateParams, timeout=600.0)
+@step("redis.verify_hit_rate", params=HitRateParams, timeout=600.0, verifies=True)
 async def verify_hit_rate(ctx: StepContext, p: HitRateParams) -> StepOutput:
     """Helped if the hit ratio of lookups made during the window is at least ``min_ratio``."""
     client = ctx.target.client
@@ -99,7 +99,7 @@ class LatencyParams(StepParams):
     within: Duration = 60.0
 
 
-@step("redis.verify_latency", params=LatencyParams, timeout=600.0)
+@step("redis.verify_latency", params=LatencyParams, timeout=600.0, verifies=True)
 async def verify_latency(ctx: StepContext, p: LatencyParams) -> StepOutput:
     """Helped if the 95th percentile of PING round trips from the bot is under ``max_ms``."""
     deadline = time.monotonic() + p.within
@@ -136,7 +136,7 @@ class KeyCountParams(StepParams):
     within: Duration = 30.0
 
 
-@step("redis.verify_key_count", params=KeyCountParams, timeout=600.0)
+@step("redis.verify_key_count", params=KeyCountParams, timeout=600.0, verifies=True)
 async def verify_key_count(ctx: StepContext, p: KeyCountParams) -> StepOutput:
     """Helped if at most ``max`` keys match ``pattern`` (counted with SCAN) within the window."""
     deadline = time.monotonic() + p.within

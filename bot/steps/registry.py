@@ -120,6 +120,8 @@ class StepType:
     run: RunFn | None = None
     plan: PlanFn | None = None
     execute: ExecuteFn | None = None
+    verifies: bool = False
+    """A check that tells whether an earlier action helped (declared at registration, never guessed)."""
 
 
 REGISTRY: dict[str, StepType] = {}
@@ -134,7 +136,7 @@ def _register(st: StepType) -> None:
 
 
 def step(
-    name: str, *, params: type[P], timeout: float = 30.0
+    name: str, *, params: type[P], timeout: float = 30.0, verifies: bool = False
 ) -> Callable[
     [Callable[[StepContext, P], Awaitable[StepOutput]]], Callable[[StepContext, P], Awaitable[StepOutput]]
 ]:
@@ -144,7 +146,7 @@ def step(
         fn: Callable[[StepContext, P], Awaitable[StepOutput]],
     ) -> Callable[[StepContext, P], Awaitable[StepOutput]]:
         doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        _register(StepType(name, params, False, doc, timeout, run=fn))
+        _register(StepType(name, params, False, doc, timeout, run=fn, verifies=verifies))
         return fn
 
     return deco
