@@ -16,8 +16,8 @@ import time
 import redis.asyncio as aioredis
 
 from bench.common import rss_kb
-from bot import redisops
 from bot.redisconn import RedisTarget
+from bot.redisops.memory import memory_report
 
 
 async def main(url: str) -> None:
@@ -26,7 +26,7 @@ async def main(url: str) -> None:
     await client.ping()
     rss_before, _ = rss_kb_self()
     started = time.perf_counter()
-    report = await redisops.memory_report(client, top=10)
+    report = await memory_report(client, top=10)
     elapsed = time.perf_counter() - started
     rss_after, hwm = rss_kb_self()
     await target.close()

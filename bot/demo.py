@@ -33,9 +33,9 @@ from aiohttp import web
 from bot.app import RUNNER, STORE, create_app
 from bot.chat.console import ConsoleNotifier
 from bot.config import load_config
+from bot.formatting import human_bytes
 from bot.incidents import Incident, IncidentState
 from bot.localstack import RedisServer, Stack, fast_rules, find_binary, free_port
-from bot.planview import human_bytes
 from bot.runner import Runner
 from bot.store import Store
 

@@ -7,6 +7,11 @@ from typing import Annotated
 
 from pydantic import BeforeValidator
 
+from bot.formatting import format_duration
+
+__all__ = ["Duration", "format_duration", "parse_duration"]
+# format_duration lives in bot.formatting; it is re-exported here for importers not yet moved there.
+
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -39,16 +44,3 @@ def parse_duration(value: object) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """A positive number of seconds, written as a number or a string such as ``5m``."""
-
-
-def format_duration(seconds: float) -> str:
-    """Short display form: ``850ms``, ``12s``, ``4m05s``, ``2h10m``."""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "?"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
+from bot.formatting import human_bytes
 
 
 def describe_plan(plan: dict[str, Any]) -> str:

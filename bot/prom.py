@@ -29,8 +29,8 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from bot.durations import format_duration
 from bot.errors import StepError
+from bot.formatting import format_duration
 from bot.redisconn import redact_url
 
 ENV_TOKEN = "PROMETHEUS_BEARER_TOKEN"  # noqa: S105 - the name of a variable, not a token

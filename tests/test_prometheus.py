@@ -26,7 +26,7 @@ from bot.playbook import load_playbooks
 from bot.prom import PromClient, PrometheusQueryError, PrometheusUnavailable, render, template_problems
 from bot.redisconn import RedisTarget
 from bot.runner import Runner
-from bot.steps import REGISTRY, StepContext, StepOutput
+from bot.steps import REGISTRY, StepContext, StepOutput, prometheus_chart
 from bot.steps import prometheus as promsteps
 from bot.store import IngestItem, SQLiteStore
 from tests.conftest import RecordingNotifier, RedisServer, write_config
@@ -386,7 +386,7 @@ async def test_chart_png(ctx: StepContext, tmp_path: Path) -> None:
 
 
 async def test_chart_without_matplotlib_says_so(ctx: StepContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(promsteps, "charts_available", lambda: False)
+    monkeypatch.setattr(prometheus_chart, "charts_available", lambda: False)
     out = await run(ctx, "prometheus.chart", query="up")
     assert out.status == "skipped" and "pip install 'redis-remediation-bot[charts]'" in out.summary
     assert "chart_path" not in out.data

@@ -13,9 +13,10 @@ import redis
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from bot import redisops
 from bot.errors import CommandNotAllowed, RedisUnavailable
 from bot.redisconn import RedisTarget
+from bot.redisops import measure, memory
+from bot.redisops.common import OTHER_PREFIXES
 from bot.steps import REGISTRY, StepContext, StepOutput
 from tests.conftest import RedisServer, free_port, seed_platform
 
@@ -325,9 +326,7 @@ async def test_memory_report_bounds_and_grouping(target: RedisTarget, redis_sync
     assert lumped["prefixes_overflowed"]
     assert lumped["prefixes_tracked"] == 2
     keys = {p["prefix"]: p["keys"] for p in lumped["prefixes"]}
-    assert keys[redisops.OTHER_PREFIXES] == TOTAL_KEYS + 1 - sum(
-        n for p, n in keys.items() if p != redisops.OTHER_PREFIXES
-    )
+    assert keys[OTHER_PREFIXES] == TOTAL_KEYS + 1 - sum(n for p, n in keys.items() if p != OTHER_PREFIXES)
     assert sum(t["keys"] for t in lumped["types"]) == TOTAL_KEYS + 1
 
     full = {p["prefix"]: p for p in exact["prefixes"]}
@@ -362,14 +361,14 @@ async def test_memory_report_skips_keys_deleted_during_the_scan(
     target: RedisTarget, redis_sync: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pipelines: a key deleted between SCAN and its measurement is counted as vanished, not as 0 bytes."""
-    real_scan = redisops.scan_batch
+    real_scan = memory.scan_batch
 
     async def scan_then_delete(client: aioredis.Redis, cursor: int, count: int) -> tuple[int, list[bytes]]:
         cursor, keys = await real_scan(client, cursor, count)
         redis_sync.delete(*[k for k in keys if k.startswith(b"sess:")][:5])
         return cursor, keys
 
-    monkeypatch.setattr(redisops, "scan_batch", scan_then_delete)
+    monkeypatch.setattr(memory, "scan_batch", scan_then_delete)
     seed_platform(redis_sync)
     out = await run(target, "redis.memory_report", scripts=False)
     assert out.data["vanished_keys"] == 5
@@ -382,10 +381,10 @@ async def test_memory_report_script_measures_what_it_scanned(
     target: RedisTarget, redis_sync: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The script scans and measures in one atomic step: keys deleted afterwards are still counted."""
-    real_fetch = redisops._ReportScript.fetch
+    real_fetch = measure.ReportScript.fetch
 
     async def fetch_then_delete(
-        self: redisops._ReportScript, cursor: int
+        self: measure.ReportScript, cursor: int
     ) -> tuple[int, list[bytes], list[Any]]:
         cursor, keys, reply = await real_fetch(self, cursor)
         sessions = [k for k in keys if k.startswith(b"sess:")][:5]
@@ -393,7 +392,7 @@ async def test_memory_report_script_measures_what_it_scanned(
             redis_sync.delete(*sessions)
         return cursor, keys, reply
 
-    monkeypatch.setattr(redisops._ReportScript, "fetch", fetch_then_delete)
+    monkeypatch.setattr(measure.ReportScript, "fetch", fetch_then_delete)
     seed_platform(redis_sync)
     out = await run(target, "redis.memory_report", count=50)
     assert out.data["method"] == "script"
@@ -414,7 +413,7 @@ async def test_memory_report_survives_a_script_cache_flush(
         flushes += 1
         redis_sync.script_flush()
 
-    r = await redisops.memory_report(aredis, count=20, progress=flush_scripts, progress_every=40)
+    r = await memory.memory_report(aredis, count=20, progress=flush_scripts, progress_every=40)
     assert flushes >= 3
     assert r.method == "script"
     assert r.unavailable == {}
@@ -434,11 +433,11 @@ async def test_memory_report_failing_mid_scan_leaves_no_reply_behind(
         raise RuntimeError("chat is down")
 
     with pytest.raises(RuntimeError, match="chat is down"):
-        await redisops.memory_report(aredis, count=20, progress=boom, progress_every=20)
+        await memory.memory_report(aredis, count=20, progress=boom, progress_every=20)
     for _ in range(5):
         assert await aredis.ping() is True
         assert await aredis.dbsize() == TOTAL_KEYS
-    r = await redisops.memory_report(aredis, count=20)
+    r = await memory.memory_report(aredis, count=20)
     assert r.scanned_keys == TOTAL_KEYS
     assert r.method == "script"
 
@@ -809,6 +808,6 @@ async def test_steps_degrade_for_a_least_privilege_acl_user(
     ],
 )
 def test_likely_miss_cause(misses: int, evicted: int, expired: int, expected: str) -> None:
-    from bot.steps.redis_diag import likely_miss_cause
+    from bot.steps.redis_memory import likely_miss_cause
 
     assert expected in likely_miss_cause(misses, evicted, expired, "allkeys-lru")

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from bot.formatting import human_bytes
 from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepRun, StepStatus
-from bot.planview import human_bytes
 
 APPROVE_ACTION = "approve"
 DENY_ACTION = "deny"

@@ -8,8 +8,12 @@ from bot.steps.registry import REGISTRY, Plan, StepContext, StepOutput, StepPara
 
 # Built-in step modules register themselves on import.
 from bot.steps import redis_actions as _redis_actions  # noqa: F401  isort: skip
-from bot.steps import redis_diag as _redis_diag  # noqa: F401  isort: skip
+from bot.steps import redis_info as _redis_info  # noqa: F401  isort: skip
+from bot.steps import redis_memory as _redis_memory  # noqa: F401  isort: skip
+from bot.steps import redis_traffic as _redis_traffic  # noqa: F401  isort: skip
 from bot.steps import redis_verify as _redis_verify  # noqa: F401  isort: skip
 from bot.steps import prometheus as _prometheus  # noqa: F401  isort: skip
+from bot.steps import prometheus_overview as _prometheus_overview  # noqa: F401  isort: skip
+from bot.steps import prometheus_chart as _prometheus_chart  # noqa: F401  isort: skip
 
 __all__ = ["REGISTRY", "Plan", "StepContext", "StepOutput", "StepParams", "StepType", "action", "step"]

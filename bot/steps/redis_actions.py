@@ -13,11 +13,11 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from bot.config import ByteSize
-from bot.durations import Duration, format_duration
+from bot.durations import Duration
 from bot.errors import CommandNotAllowed, PlanRefused, StepError
 from bot.eviction import bgsave_and_wait, estimate_eviction, evict, find_protected
+from bot.formatting import format_duration, human_bytes
 from bot.keypatterns import key_matcher, refuse_reason
-from bot.planview import human_bytes
 from bot.redisconn import redis_errors
 from bot.steps.registry import Plan, StepContext, StepOutput, StepParams, action, step
 

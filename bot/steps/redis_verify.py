@@ -13,8 +13,8 @@ import time
 
 from pydantic import Field
 
-from bot.durations import Duration, format_duration
-from bot.planview import human_bytes
+from bot.durations import Duration
+from bot.formatting import format_duration, human_bytes
 from bot.redisconn import redis_errors
 from bot.steps.registry import StepContext, StepOutput, StepParams, step
 

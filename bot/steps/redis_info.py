@@ -1,0 +1,244 @@
+"""Read-only Redis health checks: PING round trips and INFO sections with their key figures.
+
+The runbook's ``redis-cli PING`` and ``redis-cli info memory``. The diagnostic steps are thin
+wrappers around :mod:`bot.redisops`: each validates parameters, calls the algorithm inside
+:func:`bot.redisconn.redis_errors` (so a dead or refusing Redis becomes a clear step error), and
+turns the typed result into a one-line summary for a phone screen, JSON data for the audit trail,
+and an optional plain-text table. The other diagnostics are in :mod:`bot.steps.redis_memory`
+(memory report, keyspace) and :mod:`bot.steps.redis_traffic` (slowlog, clients, latency, monitor).
+Nothing here writes to Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import Field
+
+from bot.formatting import human_bytes, human_duration, pct
+from bot.redisconn import redis_errors
+from bot.redisops.common import read_info, to_jsonable
+from bot.redisops.keyspace import hit_stats
+from bot.redisops.memory import memory_figures
+from bot.redisops.traffic import ping_latency
+from bot.steps.registry import StepContext, StepOutput, StepParams, step
+
+MEMORY_WARN_RATIO = 0.8
+HIT_RATIO_WARN = 0.5
+CLIENTS_WARN_RATIO = 0.8
+
+
+# --------------------------------------------------------------------------------------------- ping
+
+
+class PingParams(StepParams):
+    count: int = Field(3, ge=1, le=100)
+    threshold_ms: float = Field(10.0, gt=0, le=60_000)
+
+
+@step("redis.ping", params=PingParams)
+async def ping(ctx: StepContext, p: PingParams) -> StepOutput:
+    """Check Redis answers PING and how fast (round trip from the bot, min/avg/max over a few pings).
+
+    The runbook's health check (``redis-cli PING``); a round trip above ``threshold_ms`` is a warning.
+    """
+    async with redis_errors(ctx.target.name):
+        stats = await ping_latency(ctx.target.client, p.count)
+    slow = stats.max_ms >= p.threshold_ms
+    summary = (
+        f"PONG from {ctx.target.name} in {stats.avg_ms:.2f} ms avg "
+        f"(min {stats.min_ms:.2f}, max {stats.max_ms:.2f}, {stats.count} pings)"
+    )
+    if slow:
+        summary = f"slow PING: {summary}, threshold {p.threshold_ms:g} ms"
+    return StepOutput(summary=summary, data=to_jsonable(stats), status="warning" if slow else "ok")
+
+
+# --------------------------------------------------------------------------------------------- info
+
+
+class InfoParams(StepParams):
+    section: str = Field("memory", pattern=r"^[A-Za-z_]+$", max_length=32)
+
+
+Summary = tuple[str, bool]
+
+
+def _memory_summary(info: Mapping[str, Any]) -> Summary:
+    m = memory_figures(info)
+    frag = f"frag {m.fragmentation_ratio:.2f}" if m.fragmentation_ratio is not None else "frag n/a"
+    policy = f"policy {m.policy}" if m.policy else "policy n/a"
+    if m.ratio is None:
+        return f"memory {m.used_memory_human} used, no maxmemory limit, {frag}, {policy}", False
+    maxmem = info.get("maxmemory_human") or human_bytes(m.maxmemory)
+    text = f"memory {m.used_memory_human} of {maxmem} maxmemory ({pct(m.ratio)}), {frag}, {policy}"
+    if m.ratio >= MEMORY_WARN_RATIO:
+        return f"memory high: {text}", True
+    return text, False
+
+
+def _stats_summary(info: Mapping[str, Any]) -> Summary:
+    s = hit_stats(info)
+    low = s.ratio is not None and s.ratio < HIT_RATIO_WARN
+    text = (
+        f"hit ratio {pct(s.ratio)} ({s.hits} hits / {s.misses} misses), {s.evicted_keys} evicted, "
+        f"{s.expired_keys} expired, {s.rejected_connections} rejected connections, {s.ops_per_sec} ops/s"
+    )
+    if low:
+        text = f"low {text}"
+    return text, low or s.rejected_connections > 0
+
+
+def _clients_summary(info: Mapping[str, Any]) -> Summary:
+    connected = int(info.get("connected_clients", 0))
+    blocked = int(info.get("blocked_clients", 0))
+    maxclients = info.get("maxclients")
+    text = f"{connected} clients connected ({blocked} blocked)"
+    if isinstance(maxclients, int) and maxclients > 0:
+        text += f" of maxclients {maxclients}"
+        if connected >= CLIENTS_WARN_RATIO * maxclients:
+            return f"clients near the limit: {text}", True
+    return text, False
+
+
+def _replication_summary(info: Mapping[str, Any]) -> Summary:
+    role = str(info.get("role", "?"))
+    if role == "master":
+        return f"role master, {info.get('connected_slaves', 0)} replicas connected", False
+    link = str(info.get("master_link_status", "?"))
+    text = f"role replica of {info.get('master_host', '?')}:{info.get('master_port', '?')}, link {link}"
+    io = info.get("master_last_io_seconds_ago")
+    if isinstance(io, int) and io >= 0:
+        text += f", last I/O {io} s ago"
+    return text, link != "up"
+
+
+def _persistence_summary(info: Mapping[str, Any]) -> Summary:
+    status = str(info.get("rdb_last_bgsave_status", "?"))
+    last = info.get("rdb_last_save_time")
+    age = f"{human_duration(time.time() - last)} ago" if isinstance(last, int) else "at an unknown time"
+    changes = info.get("rdb_changes_since_last_save", "?")
+    text = f"last RDB save {age}, last bgsave {status}, {changes} changes since"
+    if info.get("rdb_bgsave_in_progress"):
+        text += ", bgsave running"
+    bad = status != "ok"
+    if info.get("aof_enabled"):
+        aof = str(info.get("aof_last_write_status", "?"))
+        text += f"; AOF on, last write {aof}"
+        bad = bad or aof != "ok"
+    else:
+        text += "; AOF off"
+    return (f"persistence problem: {text}" if bad else text), bad
+
+
+def _server_summary(info: Mapping[str, Any]) -> Summary:
+    uptime = info.get("uptime_in_seconds")
+    up = f", up {human_duration(uptime)}" if isinstance(uptime, int) else ""
+    mode = info.get("redis_mode", "")
+    return f"Redis {info.get('redis_version', '?')} {mode}{up}", False
+
+
+def _keyspace_summary(info: Mapping[str, Any]) -> Summary:
+    dbs = [
+        f"{name}: {v.get('keys', 0)} keys ({v.get('expires', 0)} with TTL)"
+        for name, v in info.items()
+        if isinstance(v, Mapping)
+    ]
+    return ("; ".join(dbs) if dbs else "no keys in any database"), False
+
+
+def _cpu_summary(info: Mapping[str, Any]) -> Summary:
+    sys_s, user_s = info.get("used_cpu_sys", 0), info.get("used_cpu_user", 0)
+    return f"CPU used since start: {sys_s:.1f} s sys, {user_s:.1f} s user", False
+
+
+_SECTION_SUMMARIES: dict[str, Callable[[Mapping[str, Any]], Summary]] = {
+    "memory": _memory_summary,
+    "stats": _stats_summary,
+    "clients": _clients_summary,
+    "replication": _replication_summary,
+    "persistence": _persistence_summary,
+    "server": _server_summary,
+    "keyspace": _keyspace_summary,
+    "cpu": _cpu_summary,
+}
+_WHOLE = ("all", "everything", "default")
+_KEY_FIELDS: dict[str, tuple[str, ...]] = {
+    "memory": (
+        "used_memory_human",
+        "used_memory_rss_human",
+        "used_memory_peak_human",
+        "maxmemory_human",
+        "maxmemory_policy",
+        "mem_fragmentation_ratio",
+        "used_memory_dataset_perc",
+        "lazyfree_pending_objects",
+    ),
+    "stats": (
+        "keyspace_hits",
+        "keyspace_misses",
+        "evicted_keys",
+        "expired_keys",
+        "rejected_connections",
+        "instantaneous_ops_per_sec",
+        "total_error_replies",
+        "latest_fork_usec",
+    ),
+    "clients": ("connected_clients", "blocked_clients", "maxclients", "client_recent_max_output_buffer"),
+    "persistence": (
+        "rdb_last_save_time",
+        "rdb_last_bgsave_status",
+        "rdb_changes_since_last_save",
+        "aof_enabled",
+        "aof_last_write_status",
+    ),
+    "server": ("redis_version", "redis_mode", "uptime_in_days", "tcp_port", "config_file"),
+    "replication": ("role", "connected_slaves", "master_link_status", "master_last_io_seconds_ago"),
+}
+_MAX_DETAIL_LINES = 40
+"""Details are read on a phone: key fields for known sections, the rest stays in ``data``."""
+
+
+@step("redis.info", params=InfoParams)
+async def info(ctx: StepContext, p: InfoParams) -> StepOutput:
+    """Read one INFO section (default ``memory``; ``all``/``everything`` for all) with its key figures.
+
+    The runbook's ``redis-cli info memory``. Warns at 80% of maxmemory, a hit ratio below 50%,
+    rejected connections, clients near maxclients, a broken replica link or a failed save.
+    """
+    section = p.section.lower()
+    async with redis_errors(ctx.target.name):
+        data = await read_info(ctx.target.client, section)
+    if not data:
+        return StepOutput(
+            summary=f"INFO {section} returned nothing: not a section this Redis knows",
+            data={"section": section, "info": {}, "figures": {}},
+            status="warning",
+        )
+    if section in _WHOLE:
+        parts = [_server_summary(data), _memory_summary(data), _stats_summary(data), _clients_summary(data)]
+        parts.append(_replication_summary(data))
+        summary = "; ".join(text for text, _ in parts)
+        warn = any(w for _, w in parts)
+        details = ""
+    else:
+        summarize = _SECTION_SUMMARIES.get(section)
+        if summarize is not None:
+            summary, warn = summarize(data)
+        else:
+            summary, warn = f"INFO {section}: {len(data)} fields", False
+        keys = [k for k in _KEY_FIELDS.get(section, tuple(data)) if k in data][:_MAX_DETAIL_LINES]
+        details = "\n".join(f"{k}: {data[k]}" for k in keys)
+    figures: dict[str, Any] = {}
+    if section in ("memory", *_WHOLE):
+        figures["memory"] = to_jsonable(memory_figures(data))
+    if section in ("stats", *_WHOLE):
+        figures["stats"] = to_jsonable(hit_stats(data))
+    return StepOutput(
+        summary=summary,
+        data={"section": section, "info": data, "figures": figures},
+        status="warning" if warn else "ok",
+        details=details,
+    )
