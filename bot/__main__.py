@@ -336,7 +336,18 @@ def cmd_serve(args: argparse.Namespace, config: Config, playbooks: PlaybookSet) 
     from bot.app import tune_runtime
 
     tune_runtime()
-    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+        handle_signals=True,
+        # aiohttp has no header timeout, but its keep-alive timer runs from the moment a connection
+        # opens (and again after each response) and closes it while no complete request has come:
+        # a slowloris client dribbling header lines is cut off at this deadline.
+        keepalive_timeout=config.server.header_timeout,
+    )
     return EXIT_OK
 
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bot.errors import InvalidNotification, RejectedAlert
+from bot.validation import field_path
 
 # Alertmanager writes the zero time for "no end yet".
 _ZERO_YEAR = 1
@@ -79,3 +83,60 @@ class Notification(BaseModel):
         if v != "4":
             raise ValueError(f"unsupported webhook version {v!r}; this bot speaks Alertmanager's version 4")
         return v
+
+
+_SHOWN = 200
+"""At most this many characters of a sender's fingerprint or of one reason go into answers and logs."""
+
+
+def parse_notification(body: bytes) -> tuple[Notification, list[RejectedAlert]]:
+    """A webhook body as its valid alerts, plus each invalid alert with the reason it was rejected.
+
+    One bad alert must not sink its group: Alertmanager retries a notification answered 5xx forever
+    and drops one answered 4xx whole, so either way the good alerts beside it would be lost. Raises
+    :class:`InvalidNotification` when the notification itself is invalid (not JSON, not an object,
+    wrong version) or when none of its alerts is valid.
+    """
+    try:
+        return Notification.model_validate_json(body), []  # the hot path: one pass from bytes
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        raise InvalidNotification(f"body is not valid JSON: {errors[0]['msg']}")
+    if any(e["type"] == "model_type" and not e["loc"] for e in errors):
+        raise InvalidNotification("expected a JSON object (an Alertmanager webhook notification)")
+    problems = [f"{field_path(tuple(e['loc'])) or '(body)'}: {_message(e['msg'])}" for e in errors]
+    by_alert: dict[int, list[Any]] = {}
+    for e in errors:
+        loc = e["loc"]
+        if len(loc) >= 2 and loc[0] == "alerts" and isinstance(loc[1], int):
+            by_alert.setdefault(loc[1], []).append(e)
+    raw: dict[str, Any] = pydantic_core.from_json(body) if by_alert else {}
+    alerts: list[Any] = raw.get("alerts", [])
+    rejected = [_rejected(i, alerts[i], errs) for i, errs in sorted(by_alert.items())]
+    good = [a for i, a in enumerate(alerts) if i not in by_alert]
+    whole = sum(len(v) for v in by_alert.values()) < len(errors)
+    if whole or not good:
+        raise InvalidNotification(
+            "invalid Alertmanager notification: " + "; ".join(problems[:10]), problems[:50], rejected
+        )
+    # The valid alerts again through the same JSON validation (only on this error path).
+    return Notification.model_validate_json(pydantic_core.to_json({**raw, "alerts": good})), rejected
+
+
+def _message(msg: str) -> str:
+    return msg.removeprefix("Value error, ")
+
+
+def _rejected(index: int, alert: Any, errors: list[Any]) -> RejectedAlert:
+    fingerprint = alert.get("fingerprint") if isinstance(alert, dict) else None
+    first = errors[0]["loc"][2:]
+    reason = "; ".join(
+        f"{field_path(tuple(e['loc'][2:])) or '(alert)'}: {_message(e['msg'])}" for e in errors
+    )
+    return RejectedAlert(
+        index=index,
+        fingerprint=fingerprint[:_SHOWN] if isinstance(fingerprint, str) else None,
+        field=str(first[0]) if first else "(alert)",
+        reason=reason[:_SHOWN],
+    )

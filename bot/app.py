@@ -23,7 +23,7 @@ from bot.playbook import PlaybookSet, load_playbooks
 from bot.runner import Runner
 from bot.scheduler import Scheduler
 from bot.store import Store
-from bot.webhook import INTAKE, MAX_BODY, WEBHOOK_TOKEN, handle_alerts, never_500
+from bot.webhook import BODY_TIMEOUT, INTAKE, MAX_BODY, WEBHOOK_TOKEN, handle_alerts, never_500
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ def create_app(
     app[ENGINE] = engine
     app[PLAYBOOKS] = engine.playbooks
     app[MAX_BODY] = limit
+    app[BODY_TIMEOUT] = config.server.body_timeout
     app[METRICS] = metrics
     app[WEBHOOK_TOKEN] = (
         webhook_token if webhook_token is not None else os.environ.get("BOT_WEBHOOK_TOKEN", "")

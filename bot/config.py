@@ -34,7 +34,7 @@ from pydantic import (
 from bot.durations import Duration
 from bot.errors import ConfigError, Problem, TargetError
 from bot.prom import DEFAULT_SELECTOR, template_problems
-from bot.redisconn import RedisTarget, default_name
+from bot.redisconn import RedisTarget, default_name, port_problem
 from bot.validation import interpolate_env, load_yaml, validation_problems
 
 
@@ -127,6 +127,8 @@ class TargetConfig(LabelMatcher):
         leftover = _TEMPLATE.sub("", v)
         if "{{" in leftover or "}}" in leftover:
             raise ValueError("templates must look like {{ labels.NAME }}")
+        if "{{" not in v and (problem := port_problem(v)):
+            raise ValueError(problem)
         return v
 
     def label_names(self) -> list[str]:
@@ -162,6 +164,9 @@ class TargetConfig(LabelMatcher):
             return _TEMPLATE.sub(repl, url)
 
         url = fill(self.url)
+        if problem := port_problem(url):
+            # The labels fit the pattern (digits after a colon) but name no port: 0 or over 65535.
+            raise TargetError(f"the alert's labels make {problem}; refusing to build a URL from them")
         name = fill(self.name) if self.name else default_name(url)
         if action and self.action_url:
             return RedisTarget(name=name, url=fill(self.action_url), timeout=timeout)
@@ -186,6 +191,8 @@ class ServerConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: ByteSize = 4 * 1024 * 1024
+    body_timeout: Duration = Field(default=5.0, gt=0)  # a body slower than this gets 408
+    header_timeout: Duration = Field(default=10.0, gt=0)  # no complete headers by then: closed
 
 
 class RunnerConfig(StrictModel):

@@ -49,6 +49,38 @@ class StoreError(BotError):
     retryable = True
 
 
+@dataclass(frozen=True)
+class RejectedAlert:
+    """One alert of a webhook notification that can never be valid, and why; its siblings are stored.
+
+    ``field`` is the alert's first invalid field (``startsAt``, ``labels``, ``(alert)`` when it is not
+    an object at all): a short, bounded name for metrics. ``fingerprint`` is the sender's, if any.
+    """
+
+    index: int
+    fingerprint: str | None
+    field: str
+    reason: str
+
+    def as_json(self) -> dict[str, object]:
+        return {"index": self.index, "fingerprint": self.fingerprint, "reason": self.reason}
+
+
+class InvalidNotification(BotError):
+    """A webhook notification that can never be valid: not JSON, a wrong envelope, or no valid alert.
+
+    ``problems`` lists every problem with its field; ``rejected`` the invalid alerts one by one.
+    """
+
+    def __init__(
+        self, reason: str, problems: Sequence[str] = (), rejected: Sequence[RejectedAlert] = ()
+    ) -> None:
+        self.reason = reason
+        self.problems = list(problems)
+        self.rejected = list(rejected)
+        super().__init__(reason)
+
+
 class TargetError(BotError):
     """No Redis target matches an alert, or a target URL cannot be built from its labels."""
 

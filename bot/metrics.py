@@ -41,6 +41,12 @@ class Metrics:
             ["status", "source"],
             registry=r,
         )
+        self.alerts_rejected = Counter(
+            f"{PREFIX}_alerts_rejected",
+            "Invalid alerts the webhook rejected (their valid siblings were stored), by first bad field.",
+            ["field"],
+            registry=r,
+        )
         self.incidents = Gauge(
             f"{PREFIX}_incidents",
             "Incidents in the store, by state (read at scrape time).",
@@ -121,6 +127,9 @@ class Metrics:
 
     def alert_received(self, status: str, source: str, count: int = 1) -> None:
         self.alerts_received.labels(status, source).inc(count)
+
+    def alert_rejected(self, field: str, count: int = 1) -> None:
+        self.alerts_rejected.labels(field).inc(count)
 
     def step_finished(self, step_type: str, outcome: str, duration_s: float | None) -> None:
         self.step_runs.labels(step_type, outcome).inc()

@@ -40,6 +40,22 @@ def url_db(url: str) -> int:
     return 0
 
 
+def port_problem(url: str) -> str | None:
+    """What is wrong with a URL's port (``None`` when it has none or a usable one); never a secret.
+
+    ``urlsplit`` raises ``ValueError`` on reading a port over 65535 and port 0 means "any": checked
+    where a URL is built, such a port is a clear error instead of a crash deep in a client.
+    """
+    address = urlsplit(url).netloc.rpartition("@")[2]
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        port = -1
+    if port is None or 0 < port <= 65535:
+        return None
+    return f"address {address!r}, whose port {address.rpartition(':')[2]} is not in 1-65535"
+
+
 def default_name(url: str) -> str:
     """A readable, secret-free name for a target: ``host:port/db``."""
     parts = urlsplit(url)
