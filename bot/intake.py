@@ -45,7 +45,13 @@ async def firing_incident(
 def match_alert(
     alert: Alert, config: Config, playbooks: PlaybookSet, source: str = "alertmanager"
 ) -> IngestItem:
-    """Decide playbook and target for an alert; a miss is recorded with the reason, not dropped."""
+    """Decide playbook and target for an alert; a miss is recorded with the reason, not dropped.
+
+    Labels pointing a templated target outside its ``allowed_addresses`` store the alert with no
+    target and the note ``refused: <why>`` (:data:`bot.targets.REFUSED_NOTE`): nothing runs for it."""
+    from bot.errors import TargetRefused
+    from bot.targets import REFUSED_NOTE
+
     pb = playbooks.match(alert.labels)
     note = ""
     target = None
@@ -53,6 +59,8 @@ def match_alert(
     if index is not None:
         try:
             target = config.targets[index].target_name(alert.labels)
+        except TargetRefused as exc:
+            note, index = f"{REFUSED_NOTE}{exc}", None
         except TargetError as exc:
             note = str(exc)
             index = None
