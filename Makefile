@@ -47,7 +47,7 @@ format: $(VENV)/.installed
 	$(BIN)/ruff check --fix .
 
 check: $(VENV)/.installed  ## validate the example config and the bundled playbooks
-	$(BIN)/python -m bot check --config examples/bot.yaml
+	$(BIN)/python -m bot check --offline --config examples/bot.yaml
 
 bench: $(VENV)/.installed  ## benchmarks against their baselines (about 9 min; --quick via BENCH_ARGS=--quick)
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import logging
 import socket
 import sys
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from bot.redisconn import RedisTarget, default_name, redact_url
 from bot.store import IngestItem, Store, open_store
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFLICT, EXIT_REFUSED = 0, 1, 2, 3, 4
+log = logging.getLogger("bot")
 
 EPILOG = """\
 examples:
@@ -42,7 +44,8 @@ examples:
   remediation-bot incidents --config bot.yaml --json
   remediation-bot approve 12 --config bot.yaml
 environment:
-  BOT_WEBHOOK_TOKEN   bearer token Alertmanager must send to POST /alerts (unset: no auth)
+  BOT_WEBHOOK_TOKEN   bearer token Alertmanager must send to POST /alerts
+                      (unset: serve starts only on loopback, or with server.allow_unauthenticated)
   SLACK_BOT_TOKEN, SLACK_SIGNING_SECRET, SLACK_APP_TOKEN   Slack (unset: console notifier)
   SLACK_API_URL       Slack Web API base URL (a proxy, Enterprise Grid, or a local fake)
   PROMETHEUS_BEARER_TOKEN, PROMETHEUS_USERNAME, PROMETHEUS_PASSWORD   Prometheus credentials
@@ -73,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-json", action="store_true", help="structured JSON logs on stderr")
     s.set_defaults(log_level="INFO")
 
-    cmd("check", "Validate the config and every playbook; list all problems.")
+    c = cmd("check", "Validate the config and every playbook; list all problems; probe the targets.")
+    c.add_argument("--offline", action="store_true", help="do not connect to the targets")
+    c.add_argument("--strict", action="store_true", help="exit 1 when a target check warns")
 
     r = cmd("run", "Run a playbook by hand against a target; actions still need approval.")
     r.add_argument("playbook", help="playbook name (see `check`)")
@@ -302,16 +307,21 @@ async def cmd_run(args: argparse.Namespace, config: Config, playbooks: PlaybookS
     return EXIT_OK
 
 
-def cmd_check(config_path: Path) -> int:
-    config, playbooks = _load(config_path)
-    print(f"config OK: {config_path}")
+def cmd_check(args: argparse.Namespace) -> int:
+    from bot.oneshot import with_adhoc_playbooks
+    from bot.preflight import load_for_check
+    from bot.target_check import probe_and_print
+
+    config, playbooks = load_for_check(args.config)
+    playbooks = with_adhoc_playbooks(playbooks)
+    print(f"config OK: {args.config}")
     print(f"  targets: {len(config.targets)}; state file: {config.state_file}")
     print(f"  protected patterns: {', '.join(config.protected_patterns)}")
     print(f"  playbooks ({len(playbooks)}) from {config.playbooks}:")
     for pb in playbooks.playbooks:
         gated = sum(1 for s in pb.steps if s.mutating)
         print(f"    {pb.name:<24} {len(pb.steps)} steps ({gated} need approval)  {pb.description[:60]}")
-    return EXIT_OK
+    return probe_and_print(config, playbooks, offline=args.offline, strict=args.strict)
 
 
 def cmd_serve(args: argparse.Namespace, config: Config, playbooks: PlaybookSet) -> int:
@@ -323,6 +333,10 @@ def cmd_serve(args: argparse.Namespace, config: Config, playbooks: PlaybookSet) 
 
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
+    from bot.preflight import serve_preflight
+
+    for warning in serve_preflight(config, host):
+        log.warning("%s", warning)
     slack = SlackSettings.from_env()  # Slack tokens in the environment: Slack is the notifier
     notifier = None if slack is not None else ConsoleNotifier(config_path=args.config)
     app = create_app(config, playbooks=playbooks, notifier=notifier, slack=slack)
@@ -356,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, json_format=getattr(args, "log_json", False))
     try:
         if args.command == "check":
-            return cmd_check(args.config)
+            return cmd_check(args)
         config, playbooks = _load(args.config)
         if args.command == "serve":
             return cmd_serve(args, config, playbooks)

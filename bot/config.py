@@ -27,14 +27,25 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from bot.durations import Duration
-from bot.errors import ConfigError, Problem, TargetError
+from bot.errors import ConfigError, Problem
 from bot.prom import DEFAULT_SELECTOR, template_problems
-from bot.redisconn import RedisTarget, default_name, port_problem
+from bot.redisconn import RedisTarget, default_name
+from bot.targets import (
+    TEMPLATE,
+    AllowedAddress,
+    allowed_addresses_problem,
+    fill,
+    fixed_address,
+    resolve_url,
+    templated_host,
+    url_template_problems,
+)
 from bot.validation import interpolate_env, load_yaml, validation_problems
 
 
@@ -49,8 +60,6 @@ BUNDLED_PLAYBOOKS = _bundled_playbooks()
 ALWAYS_PROTECTED = ("bull:*",)
 """BullMQ's queues: deleting them loses jobs, so no config can unprotect them."""
 
-_TEMPLATE = re.compile(r"\{\{\s*labels\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_LABEL_VALUE = re.compile(r"[A-Za-z0-9._-]+(:[0-9]{1,5})?")
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -107,13 +116,20 @@ class TargetConfig(LabelMatcher):
     """A Redis database and the alerts that concern it.
 
     Alerts from redis_exporter carry the *exporter's* address in ``instance``; select the target with
-    other labels (``job``, ``service``) or build the URL from a label with ``{{ labels.NAME }}``.
+    other labels (``job``, ``service``) or build the URL from a label with ``{{ labels.NAME }}``. A
+    URL whose host or port comes from a label must list where it may go in ``allowed_addresses``
+    (see :mod:`bot.targets`): labels come from whoever can POST an alert.
     """
 
     name: str | None = None
     url: str
     action_url: str | None = Field(
         default=None, description="Credentials for mutating actions (least privilege for diagnostics)."
+    )
+    allowed_addresses: list[AllowedAddress] = Field(
+        default_factory=list,
+        validate_default=True,
+        description="Where a URL templated from alert labels may connect: host:port, host globs, CIDR:port.",
     )
     maxmemory_ceiling: ByteSize | None = None
 
@@ -124,18 +140,29 @@ class TargetConfig(LabelMatcher):
             return v
         if not v.startswith(_SCHEMES):
             raise ValueError(f"must start with one of {', '.join(_SCHEMES)}")
-        leftover = _TEMPLATE.sub("", v)
+        leftover = TEMPLATE.sub("", v)
         if "{{" in leftover or "}}" in leftover:
             raise ValueError("templates must look like {{ labels.NAME }}")
-        if "{{" not in v and (problem := port_problem(v)):
-            raise ValueError(problem)
+        if problems := url_template_problems(v):
+            raise ValueError("; ".join(problems))
+        if not templated_host(v):
+            fixed_address(v)  # a ValueError (bad port) is reported at this field
+        return v
+
+    @field_validator("allowed_addresses")
+    @classmethod
+    def _check_allowed(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if "url" in info.data and (problem := allowed_addresses_problem(info.data["url"], v)):
+            raise ValueError(problem)  # without "url" the url itself is invalid, and reported
         return v
 
     def label_names(self) -> list[str]:
-        return _TEMPLATE.findall(self.url)
+        return TEMPLATE.findall(self.url)
 
     def target_name(self, labels: dict[str, str]) -> str:
-        """The target's name for these labels, without building a client (the webhook's hot path)."""
+        """The target's name for these labels, without building a client (the webhook's hot path).
+
+        Raises :class:`TargetRefused` when the labels point outside ``allowed_addresses``."""
         if "{{" not in self.url and "{{" not in (self.name or ""):
             return self.name or default_name(self.url)
         return self.resolve(labels).name
@@ -144,32 +171,13 @@ class TargetConfig(LabelMatcher):
         """The concrete target for an alert: the URL with ``{{ labels.X }}`` filled from its labels.
 
         With ``action=True`` the ``action_url`` credentials are used when configured, so diagnostics
-        can run as a read-only ACL user and only approved actions use the privileged one.
+        can run as a read-only ACL user and only approved actions use the privileged one. Raises
+        :class:`TargetRefused` (before any client exists) when the URL leaves ``allowed_addresses``.
         """
-
-        def fill(url: str) -> str:
-            def repl(m: re.Match[str]) -> str:
-                name = m.group(1)
-                if name not in labels:
-                    raise TargetError(f"target URL needs label {name!r}, which the alert does not have")
-                value = labels[name]
-                # Alert labels come from outside: they may name a host, port or db, nothing more,
-                # or a crafted label could send the bot (and the URL's password) elsewhere.
-                if not _LABEL_VALUE.fullmatch(value):
-                    raise TargetError(
-                        f"label {name}={value!r} is not a plain host, host:port or number; refusing to build a URL from it"
-                    )
-                return value
-
-            return _TEMPLATE.sub(repl, url)
-
-        url = fill(self.url)
-        if problem := port_problem(url):
-            # The labels fit the pattern (digits after a colon) but name no port: 0 or over 65535.
-            raise TargetError(f"the alert's labels make {problem}; refusing to build a URL from them")
-        name = fill(self.name) if self.name else default_name(url)
+        url = resolve_url(self.url, labels, self.allowed_addresses)
+        name = fill(self.name, labels) if self.name else default_name(url)
         if action and self.action_url:
-            return RedisTarget(name=name, url=fill(self.action_url), timeout=timeout)
+            url = resolve_url(self.action_url, labels, self.allowed_addresses)
         return RedisTarget(name=name, url=url, timeout=timeout)
 
     @model_validator(mode="after")
@@ -193,6 +201,10 @@ class ServerConfig(StrictModel):
     max_body_bytes: ByteSize = 4 * 1024 * 1024
     body_timeout: Duration = Field(default=5.0, gt=0)  # a body slower than this gets 408
     header_timeout: Duration = Field(default=10.0, gt=0)  # no complete headers by then: closed
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Serve POST /alerts without BOT_WEBHOOK_TOKEN on a non-loopback address (see bot.preflight).",
+    )
 
 
 class RunnerConfig(StrictModel):

@@ -36,7 +36,12 @@ async def firing_incident(
 def match_alert(
     alert: Alert, config: Config, playbooks: PlaybookSet, source: str = "alertmanager"
 ) -> IngestItem:
-    """Decide playbook and target for an alert; a miss is recorded with the reason, not dropped."""
+    """Decide playbook and target for an alert; a miss is recorded with the reason, not dropped.
+
+    Labels pointing a templated target outside its ``allowed_addresses`` store the alert with no
+    target and the note ``refused: <why>`` (:data:`bot.targets.REFUSED_NOTE`): nothing runs for it."""
+    from bot.targets import REFUSED_NOTE
+
     pb = playbooks.match(alert.labels)
     note = ""
     target = None
@@ -46,7 +51,7 @@ def match_alert(
         try:
             target = config.targets[index].target_name(alert.labels)
         except TargetRefused as exc:
-            note, index, refused = f"refused: {exc}", None, True
+            note, index, refused = f"{REFUSED_NOTE}{exc}", None, True
         except TargetError as exc:
             note = str(exc)
             index = None

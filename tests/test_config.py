@@ -99,6 +99,7 @@ def test_target_url_from_labels_for_exporter_alerts(tmp_path: Path) -> None:
         "  - match_re: {instance: '.*:9121'}\n"
         "    name: '{{ labels.redis }}'\n"
         "    url: 'redis://{{ labels.redis }}/0'\n"
+        "    allowed_addresses: ['cache-*:6379']\n"
     )
     cfg = load_config(write(tmp_path, text))
     t = cfg.target_for({"instance": "exporter:9121", "redis": "cache-1:6379"})

@@ -254,8 +254,8 @@ def templated(tmp_path: Path, redis_server: RedisServer) -> Config:
     path = tmp_path / "bot.yaml"
     path.write_text(
         "targets:\n"
-        "  - match: {job: redis}\n    url: 'redis://{{ labels.instance }}/0'\n"
-        "  - match: {job: split}\n    url: 'redis://{{ labels.host }}:{{ labels.port }}/0'\n"
+        "  - match: {job: redis}\n    url: 'redis://{{ labels.instance }}/0'\n    allowed_addresses: ['127.0.0.1:*']\n"
+        "  - match: {job: split}\n    url: 'redis://{{ labels.host }}:{{ labels.port }}/0'\n    allowed_addresses: ['127.0.0.1:*']\n"
         "scheduler: {enabled: false}\n"
     )
     return load_config(path)
