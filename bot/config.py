@@ -224,6 +224,10 @@ class GuardrailConfig(StrictModel):
     max_actions_per_hour: int = Field(default=3, ge=0)
     pause_after_failures: int = Field(default=2, ge=1)
     max_keys_per_run: int = Field(default=1_000_000, ge=1)
+    max_bytes_per_run: ByteSize | None = Field(
+        default=None,
+        description="an eviction estimated to free more than this is refused (none: no byte cap)",
+    )
 
 
 class SlackConfig(StrictModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,6 +22,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
+from bot.errors import ActionStopped
 from bot.keypatterns import key_matcher
 
 ProgressFn = Callable[[str], Awaitable[None]]
@@ -119,6 +121,26 @@ async def estimate_eviction(
     return est
 
 
+StopFn = Callable[[], Awaitable[str | None]]
+CheckpointFn = Callable[[dict[str, object]], Awaitable[None]]
+
+
+async def stop_point(should_stop: StopFn | None, done: dict[str, object]) -> None:
+    """Raise :class:`ActionStopped` with ``done`` when ``should_stop`` gives a reason (kill switch).
+
+    A ``should_stop`` that fails (the store is unreadable) stops the action too: whether the kill
+    switch is on is unknown, and stopping is the safe answer.
+    """
+    if should_stop is None:
+        return
+    try:
+        reason = await should_stop()
+    except Exception as exc:  # any failure to ask means "stop"
+        reason = f"could not read the kill switch ({type(exc).__name__}: {exc}), stopping to be safe"
+    if reason:
+        raise ActionStopped(reason, done)
+
+
 @dataclass
 class EvictionResult:
     deleted: int = 0
@@ -126,9 +148,17 @@ class EvictionResult:
     protected_skipped: int = 0
     batches: int = 0
     pauses: int = 0
-    capped: bool = False
     duration_s: float = 0.0
     slowest_call_ms: float = 0.0
+
+    def done(self) -> dict[str, object]:
+        """How far the eviction got, for a checkpoint or :class:`ActionStopped`."""
+        return {
+            "deleted": self.deleted,
+            "scanned": self.matched,
+            "protected_skipped": self.protected_skipped,
+            "batches": self.batches,
+        }
 
 
 async def evict(
@@ -137,12 +167,15 @@ async def evict(
     protected: Sequence[str],
     *,
     max_keys: int,
+    limit_name: str = "the limit",
     count: int = 1000,
     batch: int = 500,
     progress: ProgressFn | None = None,
-    progress_every_s: float = 2.0,
+    progress_every_s: float = 1.0,
+    should_stop: StopFn | None = None,
+    checkpoint: CheckpointFn | None = None,
 ) -> EvictionResult:
-    """Delete keys matching ``pattern``, never protected ones, at most ``max_keys`` of them.
+    """Delete keys matching ``pattern``, never protected ones; stop when more than ``max_keys`` match.
 
     SCAN and UNLINK calls are small. The next SCAN page is requested before the current one is
     filtered, and a batch is unlinked while the walk goes on (one SCAN and one UNLINK in flight, on
@@ -150,11 +183,23 @@ async def evict(
     as long as Redis needs for it. When a call is slow (Redis busy),
     its side sleeps as long as the call took before the next one, so the eviction yields to the
     application. Protected keys are filtered here, whatever the pattern says.
+
+    Stops, raising :class:`ActionStopped` with :meth:`EvictionResult.done`:
+
+    - when ``should_stop`` gives a reason. It is asked before *every* UNLINK batch, after the
+      previous batch finished, so after the kill switch is turned on at most the one batch already
+      sent to Redis completes (``batch`` keys, 500 by default);
+    - when the walk finds more than ``max_keys`` deletable keys (a cap is a safety stop, not a
+      quota): the check runs before each batch, so nothing is deleted once the count is known to be
+      over, and at most ``max_keys`` keys are ever deleted.
+
+    ``checkpoint`` is awaited after every finished batch with :meth:`EvictionResult.done`, so a
+    process killed mid-run leaves a record of the keys it deleted (to within one batch).
     """
     is_protected = key_matcher(protected)
     res = EvictionResult()
     started = last_report = time.monotonic()
-    pending: list[bytes] = []
+    pending: dict[bytes, None] = {}  # an ordered set: SCAN may return a key twice
     unlinking: asyncio.Task[object] | None = None
     in_flight = 0  # keys in the UNLINK under way
 
@@ -169,7 +214,7 @@ async def evict(
         return out
 
     async def settle() -> None:
-        """Wait for the UNLINK under way, if any, and count what it removed."""
+        """Wait for the UNLINK under way, if any, count what it removed and checkpoint."""
         nonlocal unlinking, in_flight
         if unlinking is not None:
             task, unlinking = unlinking, None
@@ -177,10 +222,26 @@ async def evict(
             res.deleted += int(removed)  # type: ignore[call-overload]
             res.batches += 1
             in_flight = 0
+            if checkpoint is not None:
+                try:
+                    await checkpoint(res.done())
+                except Exception as exc:  # an unrecorded deletion must not go on
+                    raise ActionStopped(
+                        f"could not record progress ({type(exc).__name__}: {exc}), stopping to be safe",
+                        res.done(),
+                    ) from exc
+
+    async def over_limit() -> bool:
+        """More deletable keys seen than ``max_keys``? Keys someone else deleted do not count."""
+        if res.deleted + in_flight + len(pending) <= max_keys:
+            return False
+        await settle()
+        return res.deleted + len(pending) > max_keys
 
     async def unlink(keys: list[bytes]) -> None:
         nonlocal unlinking, in_flight
         await settle()
+        await stop_point(should_stop, res.done())
         unlinking = asyncio.create_task(timed(client.unlink(*keys)))
         in_flight = len(keys)
 
@@ -204,26 +265,21 @@ async def evict(
                     if is_protected(key):
                         res.protected_skipped += 1
                     else:
-                        pending.append(key)
-            # Full batches while scanning; everything once the scan is over or the cap is in reach.
-            while pending and (
-                len(pending) >= batch or not scanning or res.deleted + in_flight + len(pending) >= max_keys
-            ):
-                room = max_keys - res.deleted - in_flight
-                if room <= 0:
-                    await settle()
-                    room = max_keys - res.deleted
-                    if room <= 0:
-                        break
-                take = pending[: min(batch, room)]
-                del pending[: len(take)]
+                        pending[key] = None
+                if await over_limit():
+                    raise ActionStopped(
+                        f"more than {max_keys:,} keys match {pattern} now ({limit_name}): stopped after"
+                        f" deleting {res.deleted:,}, none past the limit",
+                        res.done(),
+                    )
+            # Full batches while scanning; everything once the scan is over.
+            while pending and (len(pending) >= batch or not scanning):
+                take = list(itertools.islice(pending, batch))
+                for key in take:
+                    del pending[key]
                 await unlink(take)
             if not scanning and not pending:
                 break
-            if res.deleted + in_flight >= max_keys:
-                await settle()
-                if res.deleted >= max_keys:
-                    break
             if progress is not None and time.monotonic() - last_report >= progress_every_s:
                 last_report = time.monotonic()
                 await progress(
@@ -236,7 +292,6 @@ async def evict(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-    res.capped = res.deleted >= max_keys and (scanning or bool(pending))
     res.duration_s = time.monotonic() - started
     return res
 

@@ -17,7 +17,7 @@ import redis
 from bot.alerts import Notification
 from bot.config import Config, load_config
 from bot.engine import Engine
-from bot.errors import AlreadyDecided, ApprovalError, DecisionRefused, NotFound
+from bot.errors import ActionStopped, AlreadyDecided, ApprovalError, DecisionRefused, NotFound
 from bot.eviction import evict
 from bot.incidents import ApprovalState, IncidentState, StepStatus
 from bot.playbook import load_playbooks
@@ -130,7 +130,7 @@ async def test_evict_removes_exactly_the_unprotected_matches(target: Any, redis_
         target.client, "agent:*", ["bull:*", "sess:*", "agent:pinned:*"], max_keys=10**6, batch=128
     )
     after = counts(redis_sync)
-    assert res.deleted == 3000 and res.protected_skipped == 1 and not res.capped
+    assert res.deleted == 3000 and res.protected_skipped == 1
     assert after["agent"] == 1 and redis_sync.get("agent:pinned:1") == b"keep"
     assert {k: v for k, v in after.items() if k != "agent"} == {
         k: v for k, v in before.items() if k != "agent"
@@ -150,23 +150,28 @@ async def test_evict_never_touches_protected_keys_even_when_the_pattern_names_th
     assert counts(redis_sync)["bull"] == 4
 
 
-async def test_evict_stops_at_the_cap(target: Any, redis_sync: redis.Redis) -> None:
+async def test_evict_over_the_cap_stops_instead_of_deleting_up_to_it(
+    target: Any, redis_sync: redis.Redis
+) -> None:
+    """A cap is a safety stop: 1000 matches under a cap of 250 stop the run, they are not trimmed."""
     seed_platform(redis_sync, agents=1000)
-    res = await evict(target.client, "agent:*", ["bull:*"], max_keys=250, batch=100)
-    assert res.deleted == 250 and res.capped
-    assert counts(redis_sync)["agent"] == 750
+    with pytest.raises(ActionStopped, match="more than 250 keys match") as stopped:
+        await evict(target.client, "agent:*", ["bull:*"], max_keys=250, batch=100, count=50)
+    deleted = stopped.value.done["deleted"]
+    assert isinstance(deleted, int) and deleted < 250
+    assert counts(redis_sync)["agent"] == 1000 - deleted
 
 
-async def test_evict_reaching_the_cap_with_nothing_left_is_not_capped(
+async def test_evict_reaching_the_cap_with_nothing_left_is_not_stopped(
     target: Any, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=1000)
     res = await evict(target.client, "agent:*", ["bull:*"], max_keys=1000, batch=100, count=50)
-    assert res.deleted == 1000 and not res.capped
+    assert res.deleted == 1000
     assert counts(redis_sync).get("agent", 0) == 0
 
 
-async def test_evict_counts_only_what_unlink_removed_and_still_honours_the_cap(
+async def test_evict_counts_only_what_unlink_removed_towards_the_cap(
     target: Any, redis_sync: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Keys deleted by someone else between SCAN and UNLINK do not count towards the cap."""
@@ -181,10 +186,10 @@ async def test_evict_counts_only_what_unlink_removed_and_still_honours_the_cap(
         return await real_unlink(*keys)
 
     monkeypatch.setattr(target.client, "unlink", unlink_after_a_rival)
-    res = await evict(target.client, "agent:*", ["bull:*"], max_keys=500, batch=100, count=50)
+    res = await evict(target.client, "agent:*", ["bull:*"], max_keys=995, batch=100, count=50)
     assert stolen == 5
-    assert res.deleted == 500 and res.capped
-    assert counts(redis_sync)["agent"] == 1000 - 500 - stolen
+    assert res.deleted == 995
+    assert counts(redis_sync).get("agent", 0) == 0
 
 
 async def test_evict_failing_midway_leaves_the_client_usable(target: Any, redis_sync: redis.Redis) -> None:
@@ -750,8 +755,8 @@ async def test_restart_leaves_work_of_a_live_process_alone(bot_config: Any, redi
         assert next(s for s in inc.steps if s.id == run_id).status == StepStatus.INTERRUPTED
 
 
-async def test_eviction_never_exceeds_the_approved_size(target: Any, redis_sync: redis.Redis) -> None:
-    from bot.steps import REGISTRY, Plan, StepContext
+async def test_eviction_growing_past_the_approved_size_stops(target: Any, redis_sync: redis.Redis) -> None:
+    from bot.steps import REGISTRY, Change, Plan, StepContext
 
     seed_platform(redis_sync, agents=1000)
     st = REGISTRY["redis.evict"]
@@ -764,11 +769,16 @@ async def test_eviction_never_exceeds_the_approved_size(target: Any, redis_sync:
         summary="s",
         pattern="agent:*",
         estimated_keys=100,
+        changes=[Change(op="unlink", name="agent:*")],
         params={"max_keys": 10**6, "protected": ["bull:*"]},
     )
-    out = await st.execute(StepContext(target=target, settings={"plan_margin": 0.2}), params, plan)
-    assert out.data["deleted"] == 220 and out.data["capped"]
-    assert counts(redis_sync)["agent"] == 780
+    with pytest.raises(
+        ActionStopped, match=r"more than 220 keys match agent:\* now \(the approved ~100 keys"
+    ) as stopped:
+        await st.execute(StepContext(target=target, settings={"plan_margin": 0.2}), params, plan)
+    deleted = stopped.value.done["deleted"]
+    assert isinstance(deleted, int) and deleted <= 220
+    assert counts(redis_sync)["agent"] == 1000 - deleted
 
 
 async def test_a_decided_but_unstarted_action_is_interrupted_after_a_restart(

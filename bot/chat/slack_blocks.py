@@ -16,6 +16,7 @@ from typing import Any
 
 from bot.formatting import human_bytes
 from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepRun, StepStatus
+from bot.planview import describe_changes
 
 APPROVE_ACTION = "approve"
 DENY_ACTION = "deny"
@@ -293,8 +294,12 @@ def approval_message(inc: Incident, ap: Approval) -> tuple[str, list[Block]]:
         mrkdwn(
             f"{icon} *{verb}* for {code(ap.step_id)} ({esc(ap.step_type)}) on incident #{inc.id}\n{esc(summary)}"
         ),
-        fields(plan_fields(plan, ap.required)),
     ]
+    changes = describe_changes(plan)
+    if changes:
+        # Every change the action makes, one per line: what the approver approves is all of it.
+        blocks.append(mrkdwn("*Changes*\n" + "\n".join(f"• {esc(c)}" for c in changes)))
+    blocks.append(fields(plan_fields(plan, ap.required)))
     if plan.get("sample_keys"):
         blocks.append(context("Sample keys: " + ", ".join(code(k) for k in plan["sample_keys"][:5])))
     reminder = (plan.get("details") or {}).get("reminder")

@@ -181,7 +181,7 @@ class RunnerCore:
             progress=progress,
             settings={
                 "max_keys_per_run": g.max_keys_per_run,
-                "max_bytes_per_run": getattr(g, "max_bytes_per_run", None),
+                "max_bytes_per_run": g.max_bytes_per_run,
                 "maxmemory_ceiling": tcfg.maxmemory_ceiling if tcfg else None,
                 "approval_ttl": self.config.approvals.ttl,
                 "plan_margin": self.config.approvals.plan_margin,

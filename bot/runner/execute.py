@@ -33,7 +33,7 @@ def plan_drift(approved: Plan, fresh: Plan, margin: float) -> str | None:
     for name in ("action", "target", "db", "pattern", "params"):
         if getattr(approved, name) != getattr(fresh, name):
             return f"the plan's {name.replace('params', 'parameters')} changed"
-    if getattr(approved, "changes", None) != getattr(fresh, "changes", None):
+    if approved.changes != fresh.changes:
         return "the changes the action would make are different now"
     for name, slack in (("estimated_keys", 100), ("estimated_bytes", 1 << 20)):
         old, new = getattr(approved, name), getattr(fresh, name)

@@ -4,7 +4,17 @@ Importing this package registers every built-in step, so the playbook loader can
 the full registry.
 """
 
-from bot.steps.registry import REGISTRY, Plan, StepContext, StepOutput, StepParams, StepType, action, step
+from bot.steps.registry import (
+    REGISTRY,
+    Change,
+    Plan,
+    StepContext,
+    StepOutput,
+    StepParams,
+    StepType,
+    action,
+    step,
+)
 
 # Built-in step modules register themselves on import.
 from bot.steps import redis_actions as _redis_actions  # noqa: F401  isort: skip
@@ -16,4 +26,14 @@ from bot.steps import prometheus as _prometheus  # noqa: F401  isort: skip
 from bot.steps import prometheus_overview as _prometheus_overview  # noqa: F401  isort: skip
 from bot.steps import prometheus_chart as _prometheus_chart  # noqa: F401  isort: skip
 
-__all__ = ["REGISTRY", "Plan", "StepContext", "StepOutput", "StepParams", "StepType", "action", "step"]
+__all__ = [
+    "REGISTRY",
+    "Change",
+    "Plan",
+    "StepContext",
+    "StepOutput",
+    "StepParams",
+    "StepType",
+    "action",
+    "step",
+]

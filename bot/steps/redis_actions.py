@@ -8,18 +8,18 @@ the safety rules that may have changed in between (protected keys appearing, a f
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from bot.config import ByteSize
 from bot.durations import Duration
-from bot.errors import CommandNotAllowed, PlanRefused, StepError
-from bot.eviction import bgsave_and_wait, estimate_eviction, evict, find_protected
+from bot.errors import CommandNotAllowed, OverCap, PlanRefused, StepError
+from bot.eviction import bgsave_and_wait, estimate_eviction, evict, find_protected, stop_point
 from bot.formatting import format_duration, human_bytes
 from bot.keypatterns import key_matcher, refuse_reason
 from bot.redisconn import redis_errors
-from bot.steps.registry import Plan, StepContext, StepOutput, StepParams, action, step
+from bot.steps.registry import Change, Plan, StepContext, StepOutput, StepParams, action, step
 
 HELM_HINT = (
     "CONFIG SET does not survive a restart: make it permanent in the deployment, e.g. the Helm values "
@@ -44,9 +44,28 @@ class EvictParams(StepParams):
         return v
 
 
-def _cap(ctx: StepContext, p: EvictParams) -> int:
-    limit = int(ctx.settings.get("max_keys_per_run") or 1_000_000)
-    return min(limit, p.max_keys) if p.max_keys else limit
+def _key_cap(ctx: StepContext, p: EvictParams) -> tuple[int, str]:
+    """The smaller of the per-run guardrail and the step's own ``max_keys``, with its name."""
+    guard = int(ctx.settings.get("max_keys_per_run") or 1_000_000)
+    if p.max_keys and p.max_keys < guard:
+        return p.max_keys, "max_keys of the step"
+    return guard, "guardrails.max_keys_per_run"
+
+
+def _byte_cap(ctx: StepContext) -> int | None:
+    value = ctx.settings.get("max_bytes_per_run")
+    return int(value) if value else None
+
+
+def planned(plan: Plan, ops: set[str], names: set[str] | None = None) -> list[Change]:
+    """The plan's changes, refusing any this action does not make: execute does what was approved,
+    all of it and nothing else, whatever the step's parameters say now."""
+    for c in plan.changes:
+        if c.op not in ops or (names is not None and c.name not in names):
+            raise StepError(
+                f"not executed: the plan lists a change {plan.action} does not make ({c.op} {c.name})"
+            )
+    return list(plan.changes)
 
 
 async def plan_evict(ctx: StepContext, p: EvictParams) -> Plan:
@@ -55,64 +74,102 @@ async def plan_evict(ctx: StepContext, p: EvictParams) -> Plan:
         raise PlanRefused(f"{p.pattern} is a protected key")
     async with redis_errors(ctx.target.name):
         est = await estimate_eviction(ctx.target.client, p.pattern, protected, count=p.count)
-    cap = _cap(ctx, p)
-    n = min(est.deletable, cap)
-    capped = f" (capped at {cap:,} of {est.deletable:,})" if est.deletable > cap else ""
+    cap, cap_name = _key_cap(ctx, p)
+    if est.deletable > cap:
+        raise OverCap(
+            f"{p.pattern} matches ~{est.deletable:,} keys, cap {cap:,} ({cap_name}): narrow the pattern"
+            " or raise the cap"
+        )
+    max_bytes = _byte_cap(ctx)
+    if max_bytes is not None and est.estimated_bytes > max_bytes:
+        raise OverCap(
+            f"{p.pattern} matches ~{est.deletable:,} keys of ~{human_bytes(est.estimated_bytes)}, cap"
+            f" {human_bytes(max_bytes)} (guardrails.max_bytes_per_run): narrow the pattern or raise the cap"
+        )
     return Plan(
         action="redis.evict",
         target=ctx.target.name,
         db=ctx.target.db,
         pattern=p.pattern,
-        summary=f"delete {n:,} keys matching {p.pattern} (~{human_bytes(est.estimated_bytes)}){capped}"
+        summary=f"delete {est.deletable:,} keys matching {p.pattern} (~{human_bytes(est.estimated_bytes)})"
         " with SCAN+UNLINK" + (f"; {est.protected:,} protected keys left alone" if est.protected else ""),
-        estimated_keys=n,
-        estimated_bytes=int(est.estimated_bytes * n / max(1, est.deletable)),
+        estimated_keys=est.deletable,
+        estimated_bytes=est.estimated_bytes,
         protected_excluded=est.protected,
         sample_keys=est.samples,
-        params={"max_keys": cap, "batch": p.batch, "count": p.count, "protected": protected},
+        changes=[Change(op="unlink", name=p.pattern)],
+        params={
+            "max_keys": cap,
+            "max_bytes": max_bytes,
+            "batch": p.batch,
+            "count": p.count,
+            "protected": protected,
+        },
     )
+
+
+def _evict_limit(ctx: StepContext, p: EvictParams, plan: Plan) -> tuple[int, str]:
+    """How many keys this run may delete before it must stop, and which rule says so: the key cap
+    (the plan's or today's, the smaller), the approved size plus the margin, and the byte cap as a
+    key count at the plan's sampled bytes per key."""
+    cap, cap_name = _key_cap(ctx, p)
+    limits = [(min(cap, int(plan.params.get("max_keys") or cap)), cap_name)]
+    margin = float(ctx.settings.get("plan_margin", 0.2))
+    keys = plan.estimated_keys or 0
+    limits.append((int(keys * (1 + margin)) + 100, f"the approved ~{keys:,} keys plus {margin:.0%}"))
+    byte_caps = [b for b in (_byte_cap(ctx), plan.params.get("max_bytes")) if b]
+    if byte_caps and keys and plan.estimated_bytes:
+        per_key = plan.estimated_bytes / keys
+        max_bytes = min(int(b) for b in byte_caps)
+        limits.append(
+            (
+                int(max_bytes / per_key),
+                f"guardrails.max_bytes_per_run {human_bytes(max_bytes)} at ~{per_key:.0f} B a key",
+            )
+        )
+    return min(limits)
 
 
 @action("redis.evict", params=EvictParams, plan=plan_evict, timeout=1800.0)
 async def run_evict(ctx: StepContext, p: EvictParams, plan: Plan) -> StepOutput:
     """Invalidate a cache namespace: SCAN MATCH + UNLINK in paced batches, protected keys skipped.
 
-    The runbook's "Evicting Specific Cache Keys", without KEYS or DEL.
+    The runbook's "Evicting Specific Cache Keys", without KEYS or DEL. Deletes what the plan lists
+    (its pattern), stops at once when the kill switch is turned on or more keys match than the caps
+    or the approved size allow, and reports each finished batch to ``settings["checkpoint"]``.
     """
+    changes = planned(plan, {"unlink"})
+    if len(changes) != 1 or changes[0].name != plan.pattern:
+        raise StepError("not executed: the plan must list exactly one UNLINK of its pattern")
     params = plan.params
+    # Protected patterns of the plan and of today's config: a pattern added since still protects.
+    protected = list(dict.fromkeys([*params.get("protected", []), *ctx.protected_patterns]))
+    limit, limit_name = _evict_limit(ctx, p, plan)
     before = await _used_memory(ctx)
-    # Never more than what was approved (plus the margin the re-check allows), even if the
-    # application keeps writing matching keys while the eviction runs.
-    margin = float(ctx.settings.get("plan_margin", 0.2))
-    approved = int((plan.estimated_keys or 0) * (1 + margin)) + 100
-    limit = min(int(params.get("max_keys", _cap(ctx, p))), approved)
     async with redis_errors(ctx.target.name):
         res = await evict(
             ctx.target.client,
-            plan.pattern or p.pattern,
-            params.get("protected", list(ctx.protected_patterns)),
+            changes[0].name,
+            protected,
             max_keys=limit,
-            batch=p.batch,
-            count=p.count,
+            limit_name=limit_name,
+            batch=int(params.get("batch", p.batch)),
+            count=int(params.get("count", p.count)),
             progress=ctx.progress,
+            should_stop=ctx.should_stop,
+            checkpoint=ctx.settings.get("checkpoint"),
         )
     after = await _used_memory(ctx)
     freed = before - after if before is not None and after is not None else None
-    cap_note = (
-        f"; stopped at {limit:,} keys (the approved plan's size or the per-run cap), run again for more"
-        if res.capped
-        else ""
-    )
     return StepOutput(
         summary=f"deleted {res.deleted:,} keys matching {plan.pattern} in {format_duration(res.duration_s)}"
-        f" ({res.protected_skipped:,} protected skipped; memory {human_bytes(before)} -> {human_bytes(after)}){cap_note}",
+        f" ({res.protected_skipped:,} protected skipped; memory {human_bytes(before)} -> {human_bytes(after)})",
         data={
             "deleted": res.deleted,
             "matched": res.matched,
             "protected_skipped": res.protected_skipped,
             "batches": res.batches,
             "pauses": res.pauses,
-            "capped": res.capped,
             "duration_s": round(res.duration_s, 3),
             "slowest_call_ms": round(res.slowest_call_ms, 2),
             "used_memory_before": before,
@@ -167,6 +224,7 @@ async def plan_flushdb(ctx: StepContext, p: FlushParams) -> Plan:
         estimated_bytes=g["used_memory"],
         protected_excluded=0,
         approvers_required=2,
+        changes=[*([Change(op="bgsave")] if p.snapshot_first else []), Change(op="flushdb")],
         params={"snapshot_first": p.snapshot_first},
     )
 
@@ -176,18 +234,24 @@ async def run_flushdb(ctx: StepContext, p: FlushParams, plan: Plan) -> StepOutpu
     """The runbook's last resort: FLUSHDB ASYNC of the target's database, with two approvers.
 
     Refused on a replica and while any protected key (BullMQ queues, sessions) exists in the db.
+    Whether a snapshot is taken first is what the plan lists, not what the step says now.
     """
+    ops = [c.op for c in planned(plan, {"bgsave", "flushdb"})]
+    if ops not in (["flushdb"], ["bgsave", "flushdb"]):
+        raise StepError(f"not executed: the plan's changes {ops} are not [bgsave,] flushdb")
     await _flush_guards(ctx)  # re-check: a queue may have appeared since the plan was approved
     saved = None
-    async with redis_errors(ctx.target.name):
-        if p.snapshot_first:
+    if ops[0] == "bgsave":
+        await stop_point(ctx.should_stop, {"deleted": 0})
+        async with redis_errors(ctx.target.name):
             try:
                 saved = await bgsave_and_wait(ctx.target.client, timeout=p.snapshot_timeout)
             except (TimeoutError, RuntimeError) as exc:
                 raise StepError(f"no fresh snapshot, so no flush: {exc}") from exc
     # Again, right before flushing: a queue may have appeared, or a failover happened, while the
-    # snapshot was being written.
+    # snapshot was being written; and the kill switch may have been turned on.
     await _flush_guards(ctx)
+    await stop_point(ctx.should_stop, {"deleted": 0, "snapshot_lastsave": saved or 0})
     async with redis_errors(ctx.target.name):
         size = await ctx.target.client.dbsize()
         await ctx.target.client.flushdb(asynchronous=True)
@@ -204,11 +268,24 @@ async def config_int(ctx: StepContext, name: str) -> int:
     return int(str(reply.get(name) or 0))
 
 
+MaxmemoryPolicy = Literal[
+    "noeviction",
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+]
+MAXMEMORY_SETTINGS = {"maxmemory", "maxmemory-policy"}
+
+
 class MaxmemoryParams(StepParams):
     factor: float | None = Field(default=None, gt=1.0, le=4.0, description="new limit = current x factor")
     to: ByteSize | None = Field(default=None, description="new absolute limit, e.g. 2gb")
     ceiling: ByteSize | None = Field(default=None, description="never above this (default: the target's)")
-    policy: str | None = Field(
+    policy: MaxmemoryPolicy | None = Field(
         default=None, description="also set maxmemory-policy (refused if BullMQ keys exist)"
     )
 
@@ -219,7 +296,16 @@ class MaxmemoryParams(StepParams):
         return self
 
 
+NO_LIMIT = (
+    "{target} has no memory limit (maxmemory 0): there is nothing to raise, and setting one now would"
+    " cap it (under noeviction, writes fail once data reaches it). If it needs a limit, choose it"
+    " deliberately in the deployment (Helm values: the chart's `maxmemory`, below the container's"
+    " `redis.resources.limits.memory`)"
+)
+
+
 async def plan_maxmemory(ctx: StepContext, p: MaxmemoryParams) -> Plan:
+    """Raise an existing limit, never lower one, never invent one; list every CONFIG SET it makes."""
     client = ctx.target.client
     async with redis_errors(ctx.target.name):
         mem = await client.info("memory")
@@ -232,20 +318,26 @@ async def plan_maxmemory(ctx: StepContext, p: MaxmemoryParams) -> Plan:
             f"CONFIG is not allowed on {ctx.target.name} (managed Redis?): raise the memory limit in the"
             f" provider's console or the deployment instead. {HELM_HINT}. ({exc})"
         ) from exc
+    if current == 0:
+        raise PlanRefused(NO_LIMIT.format(target=ctx.target.name))
     used = int(mem.get("used_memory", 0))
     ceiling = p.ceiling or ctx.settings.get("maxmemory_ceiling")
     if not ceiling:
         raise PlanRefused(
             "no ceiling configured: set `maxmemory_ceiling` on the target or `ceiling` in the step"
         )
-    base = current or used
-    wanted = int(p.to if p.to is not None else base * (p.factor or 1.0))
+    wanted = int(p.to if p.to is not None else current * (p.factor or 1.0))
     new = min(wanted, int(ceiling))
     if new <= used:
         raise PlanRefused(
             f"the new limit {human_bytes(new)} would not be above used memory {human_bytes(used)}"
         )
-    if current and new <= current:
+    if wanted <= current:
+        raise PlanRefused(
+            f"the new limit {human_bytes(wanted)} is not above the current {human_bytes(current)}:"
+            " this step only raises the limit, never lowers it"
+        )
+    if new <= current:
         raise PlanRefused(
             f"already at {human_bytes(current)}; the ceiling {human_bytes(ceiling)} allows no more"
         )
@@ -253,13 +345,18 @@ async def plan_maxmemory(ctx: StepContext, p: MaxmemoryParams) -> Plan:
         raise PlanRefused(
             "BullMQ keys exist: maxmemory-policy must stay noeviction, or queued jobs get evicted"
         )
+    changes = [Change(op="config_set", name="maxmemory", before=str(current), after=str(new))]
+    if p.policy and p.policy != policy:
+        changes.append(Change(op="config_set", name="maxmemory-policy", before=policy, after=p.policy))
     note = f" (capped by the ceiling {human_bytes(ceiling)})" if new < wanted else ""
+    also = f"; maxmemory-policy {policy} -> {p.policy}" if len(changes) > 1 else ""
     return Plan(
         action="redis.set_maxmemory",
         target=ctx.target.name,
         db=ctx.target.db,
-        summary=f"CONFIG SET maxmemory {human_bytes(current) if current else 'unlimited'} -> {human_bytes(new)}{note}",
+        summary=f"CONFIG SET maxmemory {human_bytes(current)} -> {human_bytes(new)}{note}{also}",
         estimated_bytes=new,
+        changes=changes,
         params={"from": current, "to": new, "policy": p.policy, "policy_before": policy},
         details={"used_memory": used, "ceiling": int(ceiling), "reminder": HELM_HINT},
     )
@@ -269,26 +366,52 @@ async def plan_maxmemory(ctx: StepContext, p: MaxmemoryParams) -> Plan:
 async def run_maxmemory(ctx: StepContext, p: MaxmemoryParams, plan: Plan) -> StepOutput:
     """The runbook's "increase the memory limit": a bounded CONFIG SET maxmemory.
 
-    Never below used memory, never above the ceiling; never moves maxmemory-policy away from
-    noeviction while BullMQ keys exist. Reminds the operator to make the change permanent.
+    Never below used memory or the current limit, never above the ceiling; never moves
+    maxmemory-policy away from noeviction while BullMQ keys exist. Applies exactly the plan's
+    changes, in one atomic CONFIG SET, only while each setting still has its planned "before"
+    value. Reminds the operator to make the change permanent.
     """
-    new = int(plan.params["to"])
+    changes = planned(plan, {"config_set"}, MAXMEMORY_SETTINGS)
+    new_of = {c.name: str(c.after) for c in changes}
+    if "maxmemory" not in new_of or len(new_of) != len(changes):
+        raise StepError("not executed: the plan must set maxmemory, each setting once")
+    new = int(new_of["maxmemory"])
+    previous = int(str(next(c.before for c in changes if c.name == "maxmemory")))
+    if previous == 0 or new <= previous:
+        raise StepError(
+            "not executed: the plan does not raise an existing limit (it never lowers or invents one)"
+        )
     client = ctx.target.client
     async with redis_errors(ctx.target.name):
         used = int((await client.info("memory")).get("used_memory", 0))
         if new <= used:
             raise StepError(f"used memory grew to {human_bytes(used)}, above the approved limit; not applied")
-        await client.config_set("maxmemory", new)
-        if plan.params.get("policy"):
-            await client.config_set("maxmemory-policy", plan.params["policy"])
-        now = await config_int(ctx, "maxmemory")
-    if now != new:
-        raise StepError(f"maxmemory reads {now} after setting {new}")
+        for c in changes:
+            now = str((await client.config_get(c.name)).get(c.name, ""))
+            if now != c.before:
+                raise StepError(f"{c.name} is {now} now, not {c.before} as planned: not applied, plan again")
+        policy = new_of.get("maxmemory-policy", "noeviction")
+        if policy != "noeviction" and await find_protected(client, ["bull:*"], limit=1):
+            raise StepError("BullMQ keys exist now: maxmemory-policy stays noeviction; not applied")
+        await stop_point(ctx.should_stop, {"applied": 0})
+        pairs = [v for c in changes for v in (c.name, str(c.after))]
+        await client.execute_command("CONFIG", "SET", *pairs)  # type: ignore[no-untyped-call]  # all or nothing
+        read = {c.name: str((await client.config_get(c.name)).get(c.name, "")) for c in changes}
+    if read != new_of:
+        raise StepError(f"CONFIG GET reads {read} after setting {new_of}")
+    done = [
+        f"{c.name} is now {_config_text(c.name, c.after)} (was {_config_text(c.name, c.before)})"
+        for c in changes
+    ]
     return StepOutput(
-        summary=f"maxmemory is now {human_bytes(now)} (was {human_bytes(plan.params['from'])}). {HELM_HINT}.",
-        data={"maxmemory": now, "previous": plan.params["from"], "reminder": HELM_HINT},
+        summary="; ".join(done) + f". {HELM_HINT}.",
+        data={"maxmemory": new, "previous": previous, "applied": new_of, "reminder": HELM_HINT},
         status="warning",
     )
+
+
+def _config_text(name: str, value: str | None) -> str:
+    return human_bytes(int(value or 0)) if name == "maxmemory" else str(value)
 
 
 class BgsaveParams(StepParams):
@@ -304,12 +427,15 @@ async def plan_bgsave(ctx: StepContext, p: BgsaveParams) -> Plan:
         target=ctx.target.name,
         db=ctx.target.db,
         summary=f"BGSAVE a fresh snapshot (last one {format_duration(age)} ago) and wait up to {format_duration(p.timeout)}",
+        changes=[Change(op="bgsave")],
     )
 
 
 @action("redis.bgsave", params=BgsaveParams, plan=plan_bgsave, timeout=900.0)
 async def run_bgsave(ctx: StepContext, p: BgsaveParams, plan: Plan) -> StepOutput:
     """Take a fresh RDB snapshot (BGSAVE) and wait for LASTSAVE to move, before a destructive step."""
+    planned(plan, {"bgsave"})
+    await stop_point(ctx.should_stop, {})
     async with redis_errors(ctx.target.name):
         try:
             ts = await bgsave_and_wait(ctx.target.client, timeout=p.timeout)

@@ -45,8 +45,32 @@ class StepOutput(BaseModel):
     details: str = ""
 
 
+ChangeOp = Literal["config_set", "unlink", "flushdb", "bgsave"]
+
+
+class Change(BaseModel):
+    """One change an action makes on the target: ``CONFIG SET name before -> after``, ``UNLINK`` of
+    the keys matching ``name``, ``FLUSHDB``, ``BGSAVE``.
+
+    A plan lists every change its action will make, so the approver sees each one (a policy change
+    cannot hide behind a memory limit), the plan hash covers each one, and ``execute`` performs the
+    listed changes and nothing else. Values are strings, as ``CONFIG GET`` returns them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    op: ChangeOp
+    name: str = ""
+    before: str | None = None
+    after: str | None = None
+
+
 class Plan(BaseModel):
-    """The exact, reviewable plan of a mutating action; an approval is bound to its hash."""
+    """The exact, reviewable plan of a mutating action; an approval is bound to its hash.
+
+    ``changes`` is the complete list of what executing it changes; everything else describes size
+    and safety (estimates, protected keys, samples) or pacing (``params``).
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -60,6 +84,7 @@ class Plan(BaseModel):
     protected_excluded: int | None = None
     sample_keys: list[str] = Field(default_factory=list)
     approvers_required: int = 1
+    changes: list[Change] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
     details: dict[str, Any] = Field(default_factory=dict)
 
