@@ -93,9 +93,18 @@ class StepRun(BaseModel):
 
 
 class Decision(BaseModel):
+    """One person's approve or deny. ``who`` is how they are shown and audited; ``identity`` is
+    who they are (``cli:alice``, ``slack:U123``), what the two-person rule counts. Records from before
+    identities have no ``identity``; their ``who`` stands in for it."""
+
     who: str
     at: str
     approve: bool
+    identity: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.identity or self.who
 
 
 class Approval(BaseModel):
@@ -119,7 +128,13 @@ class Approval(BaseModel):
 
     @property
     def approvers(self) -> list[str]:
+        """Who approved, as shown (``cli:alice (as "Alice")``)."""
         return [d.who for d in self.decisions if d.approve]
+
+    @property
+    def approver_ids(self) -> list[str]:
+        """The distinct identities that approved, in order: what counts towards ``required``."""
+        return list(dict.fromkeys(d.key for d in self.decisions if d.approve))
 
 
 class Incident(BaseModel):
@@ -137,6 +152,9 @@ class Incident(BaseModel):
     note: str = ""
     next_step: int = 0
     source: str = "alertmanager"
+    requested_by: str | None = None
+    """The identity (``slack:U123``, ``cli:alice``) that asked for a hand-started incident; None for
+    alerts. The requester may not approve its actions (``approvals.allow_self_approval``)."""
     dry_run: bool = False
     created_at: str | None = None
     updated_at: str | None = None
