@@ -2,16 +2,15 @@
 
 Commands follow the contract in the design: serve, check, run, incidents, approve, deny, plus audit
 and kill-switch. Errors are one clear message on stderr and a non-zero exit code, never a traceback:
-0 success, 1 error or problems found, 2 usage, 3 nothing to decide / already decided.
+0 success, 1 error or problems found, 2 usage or a refused decision, 3 nothing to decide / already
+decided. Whoever runs a command is its OS account (:mod:`bot.identity`); ``--as`` only adds a name.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
-import socket
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,7 +20,8 @@ from typing import Any
 from bot import __version__
 from bot.alerts import Alert
 from bot.config import Config, load_config
-from bot.errors import AlreadyDecided, BotError, ConfigError, NotFound, Problem
+from bot.errors import AlreadyDecided, ApprovalError, BotError, ConfigError, IdentityError, NotFound, Problem
+from bot.identity import Actor, cli_actor
 from bot.logs import setup_logging
 from bot.notifier import Notifier
 from bot.playbook import PlaybookSet, load_playbooks
@@ -29,6 +29,8 @@ from bot.redisconn import RedisTarget, default_name, redact_url
 from bot.store import IngestItem, Store
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFLICT = 0, 1, 2, 3
+EXIT_REFUSED = EXIT_USAGE
+"""A decision the approval rules refused (not an approver, your own request, same person twice)."""
 
 EPILOG = """\
 examples:
@@ -71,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
 
     cmd("check", "Validate the config and every playbook; list all problems.")
 
-    r = cmd("run", "Run a playbook by hand against a target; actions still need approval.")
+    r = cmd(
+        "run",
+        "Run a playbook by hand against a target; actions still need approval, from someone other than"
+        " you unless approvals.allow_self_approval is true.",
+    )
     r.add_argument("playbook", help="playbook name (see `check`)")
     r.add_argument(
         "--target", "-t", help="Redis URL or target name from the config (default: the only target)"
@@ -88,7 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     for verb in ("approve", "deny"):
         d = cmd(verb, f"{verb.capitalize()} the step waiting for approval in incident ID.")
         d.add_argument("id", type=int, help="incident id (see `incidents`)")
-        d.add_argument("--as", dest="actor", help="who decides (default: cli:USER@HOST)")
+        d.add_argument(
+            "--as",
+            dest="actor",
+            metavar="NAME",
+            help='a display name shown next to you, e.g. "Alice Smith"; you are always your OS account'
+            " (cli:ACCOUNT, the sudo caller behind sudo), and a name never counts as a second approver",
+        )
         d.add_argument(
             "--yes", "-y", action="store_true", help="do not show the plan and ask first (on a terminal)"
         )
@@ -120,14 +132,14 @@ def _load(path: Path) -> tuple[Config, PlaybookSet]:
     return config, with_adhoc_playbooks(playbooks)
 
 
-def _actor(given: str | None) -> str:
-    if given:
-        return given
+def _actor(display: str | None = None) -> Actor:
+    """Who runs this command: the OS account, never a name typed on the command line."""
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"cli:{user}@{socket.gethostname()}"
+        return cli_actor(display)
+    except IdentityError as exc:
+        raise IdentityError(
+            f"--as {display!r}: {exc}; it is only a name shown next to your OS account"
+        ) from None
 
 
 def _print_incident_line(inc: Any) -> None:
@@ -218,6 +230,11 @@ async def cmd_decide(args: argparse.Namespace, config: Config, playbooks: Playbo
         ConsoleNotifier(stream=sys.stderr if args.json else sys.stdout, config_path=args.config),
     )
     runner = Runner(config, playbooks, store, notifier)
+    actor = _actor(args.actor)
+    print(
+        f"{'approving' if approve else 'denying'} as {actor.label}",
+        file=sys.stderr if args.json else sys.stdout,
+    )
     try:
         shown: dict[str, Any] = {}
         if approve and not args.yes and not args.json and sys.stdin.isatty():
@@ -228,7 +245,7 @@ async def cmd_decide(args: argparse.Namespace, config: Config, playbooks: Playbo
                     return EXIT_OK
                 # Bind the decision to what was shown: a re-plan meanwhile must be looked at again.
                 shown = {"approval_id": pending.id, "plan_hash": pending.plan_hash}
-        report = await runner.decide(args.id, _actor(args.actor), approve, **shown)
+        report = await runner.decide(args.id, actor, approve, **shown)
     finally:
         await runner.stop()
         await store.close()
@@ -276,10 +293,10 @@ async def cmd_kill_switch(args: argparse.Namespace, config: Config) -> int:
         if args.state == "status":
             value = await store.get_setting(KILL_SWITCH)
         else:
-            value = f"on since {datetime.now(UTC):%Y-%m-%d %H:%M}Z by {_actor(None)}"
+            value = f"on since {datetime.now(UTC):%Y-%m-%d %H:%M}Z by {_actor().label}"
             if args.reason:
                 value += f": {args.reason}"
-            await store.set_setting(KILL_SWITCH, value if args.state == "on" else None, actor=_actor(None))
+            await store.set_setting(KILL_SWITCH, value if args.state == "on" else None, actor=_actor().label)
             value = value if args.state == "on" else None
     finally:
         await store.close()
@@ -315,6 +332,7 @@ async def cmd_run(args: argparse.Namespace, config: Config, playbooks: PlaybookS
         names = ", ".join(p.name for p in playbooks.playbooks)
         raise BotError(f"no playbook named {args.playbook!r}; known: {names}")
     name, index, rt = _resolve_target(config, args.target)
+    requester = _actor()  # the requester of the run's actions may not approve them alone
     labels = {"alertname": pb.matcher.match.get("alertname", pb.name), "bot_target": name}
     alert = Alert.model_validate(
         {
@@ -330,7 +348,9 @@ async def cmd_run(args: argparse.Namespace, config: Config, playbooks: PlaybookS
     runner = Runner(config, playbooks, store, notifier, ad_hoc_targets={name: rt} if index is None else None)
     try:
         inc_id = await store.create_incident(
-            IngestItem(alert, pb.name, name, index, "run by hand", "cli"), dry_run=args.dry_run
+            IngestItem(alert, pb.name, name, index, f"run by hand by {requester.label}", "cli"),
+            dry_run=args.dry_run,
+            requested_by=requester.key,
         )
         inc = await runner.run_incident(inc_id)
     finally:
@@ -409,6 +429,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AlreadyDecided, NotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFLICT
+    except (ApprovalError, IdentityError) as exc:
+        print(
+            f"error: refused: {exc}" if isinstance(exc, ApprovalError) else f"error: {exc}", file=sys.stderr
+        )
+        return EXIT_REFUSED
     except BotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -21,6 +21,7 @@ from typing import Any
 from bot.config import Config
 from bot.durations import format_duration
 from bot.errors import AlreadyDecided, ApprovalError, BotError, NotFound, StepError, TargetError
+from bot.identity import Actor
 from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepRun, StepStatus
 from bot.metrics import Metrics
 from bot.notifier import NullNotifier, SafeNotifier
@@ -472,7 +473,7 @@ class Runner:
     async def decide(
         self,
         incident_id: int,
-        who: str,
+        who: Actor,
         approve: bool,
         *,
         approval_id: int | None = None,
@@ -501,19 +502,22 @@ class Runner:
                 raise ApprovalError(
                     "the plan changed since you looked at it; look again (`incidents ID`) and decide on the new one"
                 )
-        outcome = await self.store.decide(approval_id, who, approve, target=inc.target)
+        # identity: the approval rules (requester, cli_approvers, two-person) run in the store's decide.
+        outcome = await self.store.decide(
+            approval_id, who, approve, policy=self.config.approvals, target=inc.target
+        )
         ap = outcome.approval
         if not outcome.complete:
             await self.notifier.approval_requested(await self.store.get_incident(incident_id), ap)
             return DecisionReport(
-                incident_id, ap, f"approved by {who}; needs {outcome.needed} more approver(s)"
+                incident_id, ap, f"approved by {who.label}; needs {outcome.needed} more approver(s)"
             )
         self.metrics.approval_closed(ap)
         await self.notifier.approval_closed(await self.store.get_incident(incident_id), ap)
         if not approve:
-            return await self._denied(incident_id, ap, who)
+            return await self._denied(incident_id, ap, who.label)
         try:
-            return await self._execute(incident_id, ap, who)
+            return await self._execute(incident_id, ap, who.label)
         except Exception as exc:
             # Never leave an approved action dangling: close it and say why.
             log.exception("incident %s: executing approval %s failed", incident_id, ap.id)

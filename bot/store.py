@@ -28,8 +28,12 @@ from typing import Any, TypeVar
 
 import pydantic_core
 
+from bot import approval_rules
 from bot.alerts import Alert
+from bot.approval_rules import ApprovalPolicy
+from bot.config import ApprovalConfig
 from bot.errors import AlreadyDecided, ApprovalError, NotFound, StoreError
+from bot.identity import Actor
 from bot.incidents import (
     OPEN_STATES,
     Approval,
@@ -66,6 +70,7 @@ CREATE TABLE IF NOT EXISTS incidents (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     ends_at TEXT,
+    requested_by TEXT,
     UNIQUE (fingerprint, starts_at)
 );
 CREATE INDEX IF NOT EXISTS incidents_state ON incidents (state);
@@ -293,6 +298,13 @@ class Store:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
         conn.executescript(SCHEMA)
+        # identity: state files from before requesters were recorded gain the column.
+        if "requested_by" not in {r["name"] for r in conn.execute("PRAGMA table_info(incidents)")}:
+            try:
+                conn.execute("ALTER TABLE incidents ADD COLUMN requested_by TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it a moment ago
+                if "duplicate column" not in str(exc):
+                    raise
         self._conn = conn
 
     async def open(self) -> Store:
@@ -640,6 +652,7 @@ class Store:
             note=row["note"],
             next_step=row["next_step"],
             source=row["source"],
+            requested_by=row["requested_by"],
             dry_run=bool(row["dry_run"]),
             chat_ref=json.loads(row["chat_ref"]),
             created_at=iso(row["created_at"]),
@@ -713,8 +726,14 @@ class Store:
 
         return await self._run(run)
 
-    async def create_incident(self, item: IngestItem, *, dry_run: bool = False) -> int:
-        """A hand-started incident (``run`` command, slash command, health probe)."""
+    async def create_incident(
+        self, item: IngestItem, *, dry_run: bool = False, requested_by: str | None = None
+    ) -> int:
+        """A hand-started incident (``run`` command, slash command, health probe).
+
+        ``requested_by`` is the identity key of who asked (``slack:U123``, ``cli:alice``), None for
+        the bot's own (health probe): the approval rules keep the requester from approving alone.
+        """
 
         def run() -> int:
             now = time.time()
@@ -722,8 +741,8 @@ class Store:
             with self._tx() as conn:
                 cur = conn.execute(
                     "INSERT INTO incidents (fingerprint, starts_at, alertname, alert_status, state, playbook, target,"
-                    " target_index, labels, annotations, note, source, dry_run, created_at, updated_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " target_index, labels, annotations, note, source, dry_run, created_at, updated_at,"
+                    " requested_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         a.fingerprint,
                         a.starts_key,
@@ -740,6 +759,7 @@ class Store:
                         int(dry_run),
                         now,
                         now,
+                        requested_by,
                     ),
                 )
                 inc_id = int(cur.lastrowid or 0)
@@ -748,8 +768,8 @@ class Store:
                     "incident.opened",
                     incident_id=inc_id,
                     target=item.target,
-                    actor=item.source,
-                    detail={"playbook": item.playbook, "dry_run": dry_run},
+                    actor=requested_by or item.source,
+                    detail={"playbook": item.playbook, "dry_run": dry_run, "source": item.source},
                 )
             return inc_id
 
@@ -1053,14 +1073,23 @@ class Store:
         return await self._run(run)
 
     async def decide(
-        self, approval_id: int, who: str, approve: bool, *, target: str | None = None
+        self,
+        approval_id: int,
+        who: Actor,
+        approve: bool,
+        *,
+        policy: ApprovalPolicy | None = None,
+        target: str | None = None,
     ) -> DecisionOutcome:
-        """Record a decision as a compare-and-set.
+        """Record a decision as a compare-and-set, by the rules of :mod:`bot.approval_rules`.
 
         Exactly one caller sees ``complete=True`` for an approval (the one whose approval reached the
         quorum, or who denied it); everyone after that gets :class:`AlreadyDecided` naming who decided.
-        The same person cannot count twice towards a two-person rule.
+        The same identity cannot count twice towards a two-person rule, and the incident's requester
+        cannot approve it (unless ``policy.allow_self_approval``). A refused decision raises
+        :class:`NotAllowed` or :class:`ApprovalError` and is audited as ``approval.refused``.
         """
+        rules_policy: ApprovalPolicy = policy if policy is not None else ApprovalConfig()
 
         def run() -> DecisionOutcome:
             now = time.time()
@@ -1089,52 +1118,63 @@ class Store:
                     expired = AlreadyDecided("expired", "expiry", iso(ap.expires_ts))
             if expired is not None:
                 raise expired
-            with self._tx() as conn:
-                row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
-                ap = self._approval(row)
-                if ap.state != ApprovalState.PENDING:
-                    raise AlreadyDecided(str(ap.state), ap.decided_by, ap.decided_at)
-                if approve and who in ap.approvers:
-                    raise ApprovalError(
-                        f"{who} already approved; this step needs {ap.required} different approvers"
+            try:
+                with self._tx() as conn:
+                    row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+                    ap = self._approval(row)
+                    inc = conn.execute(
+                        "SELECT requested_by FROM incidents WHERE id = ?", (ap.incident_id,)
+                    ).fetchone()
+                    result = approval_rules.decide(
+                        ap,
+                        who,
+                        approve,
+                        rules_policy,
+                        requested_by=inc["requested_by"] if inc else None,
+                        at=iso(now) or "",
                     )
-                decisions = [*ap.decisions, Decision(who=who, at=iso(now) or "", approve=approve)]
-                approvers = [d.who for d in decisions if d.approve]
-                complete = (not approve) or len(approvers) >= ap.required
-                state = (
-                    ApprovalState.DENIED
-                    if not approve
-                    else (ApprovalState.APPROVED if complete else ApprovalState.PENDING)
-                )
-                conn.execute(
-                    "UPDATE approvals SET decisions = ?, state = ?, decided_by = ?, decided_at = ?, owner = ?"
-                    " WHERE id = ?",
-                    (
-                        _j([d.model_dump() for d in decisions]),
-                        state,
-                        ", ".join(approvers) if approve else who if complete else None,
-                        now if complete else None,
-                        process_owner(),
-                        approval_id,
-                    ),
-                )
-                self._audit(
-                    conn,
-                    "approval.decided",
-                    incident_id=ap.incident_id,
-                    actor=who,
-                    target=target,
-                    plan_hash=ap.plan_hash,
-                    detail={
-                        "approval_id": approval_id,
-                        "approve": approve,
-                        "state": str(state),
-                        "approvers": approvers,
-                        "required": ap.required,
-                    },
-                )
-                row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
-            return DecisionOutcome(self._approval(row), complete, max(0, ap.required - len(approvers)))
+                    conn.execute(
+                        "UPDATE approvals SET decisions = ?, state = ?, decided_by = ?, decided_at = ?, owner = ?"
+                        " WHERE id = ?",
+                        (
+                            _j([d.model_dump() for d in result.decisions]),
+                            result.state,
+                            result.decided_by,
+                            now if result.complete else None,
+                            process_owner(),
+                            approval_id,
+                        ),
+                    )
+                    self._audit(
+                        conn,
+                        "approval.decided",
+                        incident_id=ap.incident_id,
+                        actor=who.label,
+                        target=target,
+                        plan_hash=ap.plan_hash,
+                        detail={
+                            "approval_id": approval_id,
+                            "approve": approve,
+                            "state": str(result.state),
+                            "approvers": result.approver_ids,
+                            "required": ap.required,
+                        },
+                    )
+                    row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+            except ApprovalError as exc:
+                if not isinstance(exc, AlreadyDecided):
+                    with self._tx() as conn:
+                        self._audit(
+                            conn,
+                            "approval.refused",
+                            incident_id=ap.incident_id,
+                            actor=who.label,
+                            target=target,
+                            plan_hash=ap.plan_hash,
+                            detail={"approval_id": approval_id, "approve": approve, "reason": str(exc)},
+                        )
+                raise
+            return DecisionOutcome(self._approval(row), result.complete, result.needed)
 
         return await self._run(run)
 
