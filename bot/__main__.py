@@ -3,17 +3,17 @@
 Commands follow the contract in the design: serve, check, run, incidents, approve, deny, plus audit
 and kill-switch. Errors are one clear message on stderr and a non-zero exit code, never a traceback:
 0 success, 1 error or problems found, 2 usage, 3 nothing to decide / already decided (or expired),
-4 a decision refused (kill switch, circuit breaker, plan changed) or an approved action not executed.
+4 a decision refused (not an approver, your own request, the same person twice, kill switch, circuit
+breaker, plan changed) or an approved action not executed. Whoever runs a command is its OS account
+(:mod:`bot.identity`); ``--as`` only adds a display name.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import logging
-import socket
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -26,7 +26,8 @@ from bot.cli_ops import add_parsers as add_ops_parsers
 from bot.cli_ops import cmd_audit, cmd_breaker, cmd_kill_switch
 from bot.config import Config, load_config
 from bot.engine import Engine
-from bot.errors import AlreadyDecided, BotError, ConfigError, DecisionRefused, NotFound, Problem
+from bot.errors import AlreadyDecided, ApprovalError, BotError, ConfigError, IdentityError, NotFound, Problem
+from bot.identity import Actor, cli_actor
 from bot.logs import setup_logging
 from bot.notifier import Notifier
 from bot.playbook import PlaybookSet, load_playbooks
@@ -80,7 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--offline", action="store_true", help="do not connect to the targets")
     c.add_argument("--strict", action="store_true", help="exit 1 when a target check warns")
 
-    r = cmd("run", "Run a playbook by hand against a target; actions still need approval.")
+    r = cmd(
+        "run",
+        "Run a playbook by hand against a target; actions still need approval, from someone other than"
+        " you unless approvals.allow_self_approval is true.",
+    )
     r.add_argument("playbook", help="playbook name (see `check`)")
     r.add_argument(
         "--target", "-t", help="Redis URL or target name from the config (default: the only target)"
@@ -97,7 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     for verb in ("approve", "deny"):
         d = cmd(verb, f"{verb.capitalize()} the step waiting for approval in incident ID.")
         d.add_argument("id", type=int, help="incident id (see `incidents`)")
-        d.add_argument("--as", dest="actor", help="who decides (default: cli:USER@HOST)")
+        d.add_argument(
+            "--as",
+            dest="actor",
+            metavar="NAME",
+            help='a display name shown next to you, e.g. "Alice Smith"; you are always your OS account'
+            " (cli:ACCOUNT, the sudo caller behind sudo), and a name never counts as a second approver",
+        )
         d.add_argument(
             "--yes", "-y", action="store_true", help="do not show the plan and ask first (on a terminal)"
         )
@@ -122,14 +133,14 @@ def _load(path: Path) -> tuple[Config, PlaybookSet]:
     return config, with_adhoc_playbooks(playbooks)
 
 
-def _actor(given: str | None) -> str:
-    if given:
-        return given
+def _actor(display: str | None = None) -> Actor:
+    """Who runs this command: the OS account, never a name typed on the command line."""
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"cli:{user}@{socket.gethostname()}"
+        return cli_actor(display)
+    except IdentityError as exc:
+        raise IdentityError(
+            f"--as {display!r}: {exc}; it is only a name shown next to your OS account"
+        ) from None
 
 
 def _print_incident_line(inc: Any) -> None:
@@ -218,6 +229,11 @@ async def cmd_decide(args: argparse.Namespace, config: Config, playbooks: Playbo
         engine,
         ConsoleNotifier(stream=sys.stderr if args.json else sys.stdout, config_path=args.config),
     )
+    actor = _actor(args.actor)
+    print(
+        f"{'approving' if approve else 'denying'} as {actor.label}",
+        file=sys.stderr if args.json else sys.stdout,
+    )
     async with engine:
         shown: dict[str, Any] = {}
         if approve and not args.yes and not args.json and sys.stdin.isatty():
@@ -228,7 +244,7 @@ async def cmd_decide(args: argparse.Namespace, config: Config, playbooks: Playbo
                     return EXIT_OK
                 # Bind the decision to what was shown: a re-plan meanwhile must be looked at again.
                 shown = {"approval_id": pending.id, "plan_hash": pending.plan_hash}
-        report = await engine.runner.decide(args.id, _actor(args.actor), approve, **shown)
+        report = await engine.runner.decide(args.id, actor, approve, **shown)
     if args.json:
         print(
             json.dumps(
@@ -273,6 +289,7 @@ async def cmd_run(args: argparse.Namespace, config: Config, playbooks: PlaybookS
         names = ", ".join(p.name for p in playbooks.playbooks)
         raise BotError(f"no playbook named {args.playbook!r}; known: {names}")
     name, index, rt = _resolve_target(config, args.target)
+    requester = _actor()  # the requester of the run's actions may not approve them alone
     labels = {"alertname": pb.matcher.match.get("alertname", pb.name), "bot_target": name}
     alert = Alert.model_validate(
         {
@@ -292,9 +309,9 @@ async def cmd_run(args: argparse.Namespace, config: Config, playbooks: PlaybookS
         ad_hoc_targets={name: rt} if index is None else None,
     ) as engine:
         inc_id = await engine.store.open_incident(
-            IngestItem(alert, pb.name, name, index, "run by hand", "cli"),
+            IngestItem(alert, pb.name, name, index, f"run by hand by {requester.label}", "cli"),
             dry_run=args.dry_run,
-            requested_by=_actor(None),
+            requested_by=requester.key,
         )
         inc = await engine.runner.run_incident(inc_id)
     if args.json:
@@ -381,9 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "audit":
             return asyncio.run(cmd_audit(args, config))
         if args.command == "kill-switch":
-            return asyncio.run(cmd_kill_switch(args, config, _actor(None)))
+            return asyncio.run(cmd_kill_switch(args, config, _actor().label))
         if args.command == "breaker":
-            return asyncio.run(cmd_breaker(args, config, _actor(args.actor)))
+            return asyncio.run(cmd_breaker(args, config, _actor(args.actor).label))
         if args.command == "run":
             return asyncio.run(cmd_run(args, config, playbooks))
     except ConfigError as exc:
@@ -392,8 +409,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AlreadyDecided, NotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFLICT
-    except DecisionRefused as exc:
+    except IdentityError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ApprovalError as exc:
+        print(f"error: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except BotError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -61,6 +61,7 @@ ALWAYS_PROTECTED = ("bull:*",)
 """BullMQ's queues: deleting them loses jobs, so no config can unprotect them."""
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
+_ACCOUNT = re.compile(r"[\w.@$-]+")
 
 
 class StrictModel(BaseModel):
@@ -214,8 +215,28 @@ class RunnerConfig(StrictModel):
 
 
 class ApprovalConfig(StrictModel):
+    """How long approvals live, and who may decide from the command line.
+
+    ``cli_approvers`` are OS account names. Empty means any local account, but only for steps that
+    need one approver: on one machine, accounts are all the CLI can tell apart, so a two-person
+    step counts a CLI decision only from a listed account. ``allow_self_approval`` lets whoever
+    asked for an action (``/redis evict``, ``run``) approve it too; off by default.
+    """
+
     ttl: Duration = 900.0
     plan_margin: float = Field(default=0.2, ge=0.0, le=10.0)
+    cli_approvers: list[str] = Field(default_factory=list)
+    allow_self_approval: bool = False
+
+    @field_validator("cli_approvers")
+    @classmethod
+    def _check_accounts(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name.startswith("cli:"):
+                raise ValueError(f"{name!r}: write the OS account name alone ({name.removeprefix('cli:')!r})")
+            if not _ACCOUNT.fullmatch(name):
+                raise ValueError(f"{name!r} is not an OS account name (letters, digits, . _ - @ $)")
+        return v
 
 
 class GuardrailConfig(StrictModel):

@@ -34,6 +34,7 @@ from bot.app import RUNNER, STORE, create_app
 from bot.chat.console import ConsoleNotifier
 from bot.config import load_config
 from bot.formatting import human_bytes
+from bot.identity import cli_actor
 from bot.incidents import Incident, IncidentState
 from bot.localstack import RedisServer, Stack, fast_rules, find_binary, free_port
 from bot.runner import Runner
@@ -186,7 +187,7 @@ async def decide(args: argparse.Namespace, runner: Runner, store: Store, inc: In
         latest = await store.latest_approval(inc.id)
         return latest is not None and latest.state in ("approved", "executed")
     approve = answer.strip().lower() in ("y", "yes")
-    report = await runner.decide(inc.id, "demo-operator", approve)
+    report = await runner.decide(inc.id, cli_actor("demo-operator"), approve)
     print(report.message)
     return approve
 

@@ -158,6 +158,10 @@ class NotAllowed(ApprovalError):
     """The person deciding is not an allowed approver for this step."""
 
 
+class IdentityError(BotError):
+    """Who is acting cannot be established, or a display name could pass for someone else."""
+
+
 class IllegalTransition(BotError):
     """A lifecycle event does not apply to a record in its current state (see :mod:`bot.lifecycle`)."""
 

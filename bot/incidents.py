@@ -95,9 +95,18 @@ class StepRun(BaseModel):
 
 
 class Decision(BaseModel):
+    """One person's approve or deny. ``who`` is how they are shown and audited; ``identity`` is
+    who they are (``cli:alice``, ``slack:U123``), what the two-person rule counts. Records from before
+    identities have no ``identity``; their ``who`` stands in for it."""
+
     who: str
     at: str
     approve: bool
+    identity: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.identity or self.who
 
 
 class Approval(BaseModel):
@@ -122,7 +131,13 @@ class Approval(BaseModel):
 
     @property
     def approvers(self) -> list[str]:
+        """Who approved, as shown (``cli:alice (as "Alice")``)."""
         return [d.who for d in self.decisions if d.approve]
+
+    @property
+    def approver_ids(self) -> list[str]:
+        """The distinct identities that approved, in order: what counts towards ``required``."""
+        return list(dict.fromkeys(d.key for d in self.decisions if d.approve))
 
 
 class Incident(BaseModel):
@@ -140,13 +155,14 @@ class Incident(BaseModel):
     note: str = ""
     next_step: int = 0
     source: str = "alertmanager"
+    requested_by: str | None = None
+    """The identity (``slack:U123``, ``cli:alice``) that asked for a hand-started incident; None for
+    alerts. The requester may not approve its actions (``approvals.allow_self_approval``)."""
     dry_run: bool = False
     created_at: str | None = None
     updated_at: str | None = None
     ends_at: str | None = None
     chat_ref: dict[str, Any] = Field(default_factory=dict)
-    requested_by: str | None = None
-    """Who started a hand-run incident (``cli:ACCOUNT``, ``slack:USER``); None for alerts."""
     alert_count: int = 1
     """Alerts this incident stands for (alerts of the same playbook and target join an open one)."""
     merged_into: int | None = None

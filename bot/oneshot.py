@@ -172,8 +172,10 @@ async def start_incident(
 ) -> int:
     """Open a hand-started incident for ``playbook`` on ``target``; the caller submits it to a runner.
 
-    It is shaped like an alert (``alertname``, ``bot_target``) so every view of incidents shows it,
-    and names who asked in the ``requested_by`` label.
+    ``requested_by`` is the verified identity key of who asked (``slack:U123``, ``cli:alice``, see
+    :mod:`bot.identity`): the incident records it, and the approval rules keep that person from
+    approving its actions alone. The incident is shaped like an alert (``alertname``,
+    ``bot_target``) so every view of incidents shows it, and names who asked in a label too.
     """
     pb = playbooks.get(playbook)
     if pb is None:

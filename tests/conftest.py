@@ -109,7 +109,14 @@ import json  # noqa: E402
 from typing import Any  # noqa: E402
 
 from bot.config import Config, load_config  # noqa: E402
+from bot.identity import Actor  # noqa: E402
 from bot.incidents import Approval, Incident, StepRun  # noqa: E402
+
+
+def person(name: str) -> Actor:
+    """A distinct verified person for engine tests: a Slack identity, which the engine counts as
+    checked (the Slack allow-list is the chat layer's job), so CLI account rules stay out of the way."""
+    return Actor(kind="slack", id=name)
 
 
 class RecordingNotifier:

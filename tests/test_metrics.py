@@ -19,7 +19,15 @@ from bot.logs import JsonFormatter
 from bot.playbook import load_playbooks
 from bot.runner import Runner
 from bot.store import SQLiteStore
-from tests.conftest import RecordingNotifier, RedisServer, alert_payload, free_port, wait_for, write_config
+from tests.conftest import (
+    RecordingNotifier,
+    RedisServer,
+    alert_payload,
+    free_port,
+    person,
+    wait_for,
+    write_config,
+)
 
 PLAYBOOK = """\
 name: metrics-test
@@ -78,7 +86,7 @@ async def test_metrics_count_alerts_steps_approvals_actions(
         return (await store.get_incident(inc_id, steps=False)).status == IncidentState.AWAITING_APPROVAL
 
     await wait_for(waiting, timeout=10)
-    report = await client.app[RUNNER].decide(inc_id, "alice", True)
+    report = await client.app[RUNNER].decide(inc_id, person("alice"), True)
     assert report.executed
     assert (await store.get_incident(inc_id, steps=False)).status == IncidentState.VERIFIED
 

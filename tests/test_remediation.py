@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 import redis
 
+from bot import approval_rules
 from bot.alerts import Notification
-from bot.config import Config, load_config
+from bot.config import ApprovalConfig, Config, load_config
 from bot.engine import Engine
 from bot.errors import ActionStopped, AlreadyDecided, ApprovalError, DecisionRefused, NotFound
 from bot.eviction import evict
-from bot.incidents import ApprovalState, IncidentState, StepStatus
+from bot.incidents import ApprovalState, IncidentState, StepStatus, iso
 from bot.playbook import load_playbooks
 from bot.runner import KILL_SWITCH
-from bot.runner.decide import rule
-from tests.conftest import RecordingNotifier, RedisServer, alert_payload, seed_platform
+from tests.conftest import RecordingNotifier, RedisServer, alert_payload, person, seed_platform
 
 PLAYBOOK = """\
 name: evict-test
@@ -74,14 +74,18 @@ class Bot:
 async def approve_in_store(store: Any, approval_id: int, who: str) -> Any:
     """Record an approval with quorum straight in the store (as a process that then dies would)."""
     ap = await store.get_approval(approval_id)
-    ruling = rule(ap, who, True, time.time())
+    ruling = approval_rules.decide(
+        ap, person(who), True, ApprovalConfig(), requested_by=None, at=iso(time.time()) or ""
+    )
     return await store.decide(
         ap.id,
         who=who,
         approve=True,
         seen=len(ap.decisions),
-        decisions=ruling.decisions,
+        decisions=list(ruling.decisions),
         state=ruling.state,
+        decided_by=ruling.decided_by,
+        approvers=ruling.approver_ids,
         target=None,
     )
 
@@ -229,7 +233,7 @@ async def test_approved_eviction_runs_verifies_and_is_audited(bot: Bot, redis_sy
     assert plan["pattern"] == "agent:*" and plan["db"] == 0 and len(plan["sample_keys"]) == 5
     assert counts(redis_sync)["agent"] == 2000, "nothing is deleted before the approval"
 
-    report = await bot.runner.decide(inc_id, "alice", True)
+    report = await bot.runner.decide(inc_id, person("alice"), True)
     assert report.executed and report.result is not None and report.result.data["deleted"] == 2000
     inc = await bot.store.get_incident(inc_id)
     assert inc.status == IncidentState.VERIFIED
@@ -243,11 +247,11 @@ async def test_approved_eviction_runs_verifies_and_is_audited(bot: Bot, redis_sy
     for kind in ("approval.requested", "approval.decided", "action.executed"):
         assert kind in kinds
     executed = next(e for e in audit if e.kind == "action.executed")
-    assert executed.actor == "alice" and executed.plan_hash == pending["plan_hash"]
+    assert executed.actor == "slack:alice" and executed.plan_hash == pending["plan_hash"]
     assert executed.detail["keys_affected"] == 2000 and executed.detail["ok"] is True
     assert executed.detail["duration_s"] >= 0
     decided = next(e for e in audit if e.kind == "approval.decided")
-    assert decided.actor == "alice" and decided.plan_hash == pending["plan_hash"]
+    assert decided.actor == "slack:alice" and decided.plan_hash == pending["plan_hash"]
     steps = [e for e in audit if e.kind == "step.finished"]
     assert {e.detail["step"] for e in steps} >= {"memory", "evict", "check"}
 
@@ -255,9 +259,9 @@ async def test_approved_eviction_runs_verifies_and_is_audited(bot: Bot, redis_sy
 async def test_second_decision_is_told_who_decided(bot: Bot, redis_sync: redis.Redis) -> None:
     seed_platform(redis_sync, agents=100)
     inc_id = await bot.fire("TestEvict")
-    await bot.runner.decide(inc_id, "alice", True)
-    with pytest.raises(AlreadyDecided, match="already executed by alice"):
-        await bot.runner.decide(inc_id, "bob", True)
+    await bot.runner.decide(inc_id, person("alice"), True)
+    with pytest.raises(AlreadyDecided, match="already executed by slack:alice"):
+        await bot.runner.decide(inc_id, person("bob"), True)
     executed = [e for e in await bot.store.list_audit(incident_id=inc_id) if e.kind == "action.executed"]
     assert len(executed) == 1
 
@@ -266,7 +270,7 @@ async def test_concurrent_decisions_in_one_process_execute_once(bot: Bot, redis_
     seed_platform(redis_sync, agents=100)
     inc_id = await bot.fire("TestEvict")
     results = await asyncio.gather(
-        *(bot.runner.decide(inc_id, f"user{i}", True) for i in range(5)), return_exceptions=True
+        *(bot.runner.decide(inc_id, person(f"user{i}"), True) for i in range(5)), return_exceptions=True
     )
     assert sum(1 for r in results if not isinstance(r, BaseException) and r.executed) == 1
     assert sum(1 for r in results if isinstance(r, AlreadyDecided)) == 4
@@ -301,7 +305,7 @@ async def test_plan_grown_past_margin_asks_again(bot: Bot, redis_sync: redis.Red
     first = (await bot.store.get_incident(inc_id)).pending_step
     assert first is not None
     seed_platform(redis_sync, agents=3000)  # the cache grew well past the approved 1000 keys (+20%)
-    report = await bot.runner.decide(inc_id, "alice", True)
+    report = await bot.runner.decide(inc_id, person("alice"), True)
     assert not report.executed and "grew from 1000 to 3000" in report.message
     assert counts(redis_sync)["agent"] == 3000, "nothing deleted on a stale approval"
     inc = await bot.store.get_incident(inc_id)
@@ -310,7 +314,7 @@ async def test_plan_grown_past_margin_asks_again(bot: Bot, redis_sync: redis.Red
     assert inc.pending_step["plan_hash"] != first["plan_hash"]
     old = await bot.store.get_approval(first["approval_id"])
     assert old.state == ApprovalState.SUPERSEDED
-    report = await bot.runner.decide(inc_id, "alice", True)
+    report = await bot.runner.decide(inc_id, person("alice"), True)
     assert report.executed and report.result is not None and report.result.data["deleted"] == 3000
 
 
@@ -319,7 +323,7 @@ async def test_small_growth_within_margin_still_executes(bot: Bot, redis_sync: r
     inc_id = await bot.fire("TestEvict")
     for i in range(50):
         redis_sync.set(f"agent:new:{i}", "v")
-    report = await bot.runner.decide(inc_id, "alice", True)
+    report = await bot.runner.decide(inc_id, person("alice"), True)
     assert report.executed and report.result is not None and report.result.data["deleted"] == 1050
 
 
@@ -335,7 +339,7 @@ async def test_expired_approval_is_closed_and_cannot_be_used(
         assert inc.pending_step is None and inc.status == IncidentState.DIAGNOSED
         assert any(s.status == StepStatus.EXPIRED for s in inc.steps)
         with pytest.raises(AlreadyDecided, match="already expired"):
-            await b.runner.decide(inc_id, "alice", True)
+            await b.runner.decide(inc_id, person("alice"), True)
         assert any(e.kind == "approval.expired" for e in await b.store.list_audit(incident_id=inc_id))
     assert counts(redis_sync)["agent"] == 100
 
@@ -346,7 +350,7 @@ async def test_deciding_after_the_deadline_expires_it(bot_config: Any, redis_syn
         inc_id = await b.fire("TestEvict")
         await asyncio.sleep(0.5)
         with pytest.raises(AlreadyDecided, match="expired"):
-            await b.runner.decide(inc_id, "alice", True)
+            await b.runner.decide(inc_id, person("alice"), True)
     assert counts(redis_sync)["agent"] == 10
 
 
@@ -358,7 +362,7 @@ async def test_pending_approval_survives_a_restart(bot_config: Any, redis_sync: 
     async with Bot(config) as b2:
         inc = await b2.store.get_incident(inc_id)
         assert inc.status == IncidentState.AWAITING_APPROVAL and inc.pending_step is not None
-        report = await b2.runner.decide(inc_id, "alice", True)
+        report = await b2.runner.decide(inc_id, person("alice"), True)
         assert report.executed
     assert counts(redis_sync).get("agent", 0) == 0
 
@@ -388,7 +392,7 @@ async def test_interrupted_action_is_not_rerun_after_restart(
         executed = [e for e in await b2.store.list_audit(incident_id=inc_id) if e.kind == "action.executed"]
         assert executed and executed[-1].detail["ok"] is False and executed[-1].detail["keys_affected"] == 7
         with pytest.raises(AlreadyDecided):
-            await b2.runner.decide(inc_id, "bob", True)
+            await b2.runner.decide(inc_id, person("bob"), True)
         await b2.runner.drain()
     assert counts(redis_sync)["agent"] == 50
 
@@ -403,7 +407,7 @@ async def test_resolved_alert_cancels_the_pending_approval(bot: Bot, redis_sync:
     closed = bot.notifier.of("closed")
     assert closed and closed[-1].state == ApprovalState.CANCELLED
     with pytest.raises(AlreadyDecided, match="cancelled"):
-        await bot.runner.decide(inc_id, "alice", True)
+        await bot.runner.decide(inc_id, person("alice"), True)
     assert counts(redis_sync)["agent"] == 100
 
 
@@ -411,7 +415,7 @@ async def test_circuit_breaker_escalates_after_n_actions(bot_config: Any, redis_
     async with Bot(bot_config("guardrails: {max_actions_per_hour: 1}\n")) as b:
         seed_platform(redis_sync, agents=20)
         first = await b.fire("TestEvict", fingerprint="a")
-        assert (await b.runner.decide(first, "alice", True)).executed
+        assert (await b.runner.decide(first, person("alice"), True)).executed
         seed_platform(redis_sync, agents=20)
         second = await b.fire("TestEvict", fingerprint="b")
         inc = await b.store.get_incident(second)
@@ -435,13 +439,13 @@ async def test_kill_switch_stops_all_actions(bot: Bot, redis_sync: redis.Redis) 
     await bot.store.set_setting(KILL_SWITCH, "on: testing", actor="ops")
     # The decision is refused, audited, and the approval stays pending (approvable once lifted).
     with pytest.raises(DecisionRefused, match="kill switch"):
-        await bot.runner.decide(inc_id, "alice", True)
+        await bot.runner.decide(inc_id, person("alice"), True)
     assert counts(redis_sync)["agent"] == 20
     inc = await bot.store.get_incident(inc_id)
     assert inc.status == IncidentState.AWAITING_APPROVAL and inc.pending_step is not None
     assert any(e.kind == "approval.refused" for e in await bot.store.list_audit(incident_id=inc_id))
     await bot.store.set_setting(KILL_SWITCH, None, actor="ops")
-    assert (await bot.runner.decide(inc_id, "alice", True)).executed
+    assert (await bot.runner.decide(inc_id, person("alice"), True)).executed
     assert counts(redis_sync).get("agent", 0) == 0
 
 
@@ -484,17 +488,17 @@ async def test_flushdb_needs_two_distinct_approvers(bot: Bot, redis_sync: redis.
     inc_id = await bot.fire("TestFlush")
     pending = (await bot.store.get_incident(inc_id)).pending_step
     assert pending is not None and pending["required_approvals"] == 2
-    first = await bot.runner.decide(inc_id, "alice", True)
+    first = await bot.runner.decide(inc_id, person("alice"), True)
     assert not first.executed and "needs 1 more" in first.message
     with pytest.raises(ApprovalError, match="needs 2 different approvers"):
-        await bot.runner.decide(inc_id, "alice", True)
+        await bot.runner.decide(inc_id, person("alice"), True)
     assert redis_sync.dbsize() == 100
-    second = await bot.runner.decide(inc_id, "bob", True)
+    second = await bot.runner.decide(inc_id, person("bob"), True)
     assert second.executed, second.message
     assert redis_sync.dbsize() == 0
     assert "flushdb" in commands_used(redis_sync) and "flushall" not in commands_used(redis_sync)
     executed = next(e for e in await bot.store.list_audit(incident_id=inc_id) if e.kind == "action.executed")
-    assert executed.detail["approvers"] == ["alice", "bob"]
+    assert executed.detail["approvers"] == ["slack:alice", "slack:bob"]
 
 
 async def test_flushdb_refused_on_a_replica(
@@ -578,7 +582,7 @@ async def test_bgsave_waits_for_lastsave(target: Any, redis_sync: redis.Redis) -
 
 async def test_deciding_an_incident_without_pending_step(bot: Bot, redis_sync: redis.Redis) -> None:
     with pytest.raises(NotFound):
-        await bot.runner.decide(999, "alice", True)
+        await bot.runner.decide(999, person("alice"), True)
 
 
 @pytest.mark.parametrize("pattern", ["", "   ", "*", "**", "?*", "[a-z]*", "*:*"])
@@ -620,7 +624,7 @@ async def test_actions_use_the_action_credentials(
             inc = await b.store.get_incident(inc_id)
             assert inc.pending_step is not None and inc.pending_step["plan"]["estimated_keys"] == 100
             assert "readpw" not in json.dumps(inc.model_dump(mode="json"))
-            report = await b.runner.decide(inc_id, "alice", True)
+            report = await b.runner.decide(inc_id, person("alice"), True)
             assert report.executed and report.result is not None and report.result.data["deleted"] == 100
             audit = json.dumps([e.model_dump(mode="json") for e in await b.store.list_audit()])
             assert "readpw" not in audit
@@ -724,7 +728,7 @@ async def test_a_decision_is_bound_to_the_plan_that_was_shown(bot: Bot, redis_sy
     seed_platform(redis_sync, agents=10)
     inc_id = await bot.fire("TestEvict")
     with pytest.raises(ApprovalError, match="plan changed since you looked"):
-        await bot.runner.decide(inc_id, "alice", True, plan_hash="0" * 64)
+        await bot.runner.decide(inc_id, person("alice"), True, plan_hash="0" * 64)
     assert counts(redis_sync)["agent"] == 10
 
 

@@ -27,6 +27,7 @@ from bot.chat.slack_commands import COMMAND
 from bot.chat.slack_settings import SlackSettings
 from bot.config import load_config
 from bot.errors import ConfigError
+from bot.identity import cli_actor
 from bot.incidents import IncidentState
 from bot.runner import Runner
 from bot.store import Store
@@ -672,7 +673,7 @@ async def test_evict_asked_in_slack_can_be_approved_from_the_cli(
         "SLACK_API_URL": fake.api_url,
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "approve", "1", "--config", str(source), "--as", "cli:ops", "--yes",
+        sys.executable, "-m", "bot", "approve", "1", "--config", str(source), "--as", "ops", "--yes",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     out, err = await proc.communicate()
@@ -680,9 +681,10 @@ async def test_evict_asked_in_slack_can_be_approved_from_the_cli(
     assert "executed: deleted 30 keys" in out.decode()
     assert agent_keys(redis_sync) == 0
     await wait_for(lambda: not approval.buttons)
-    assert "cli:ops" in approval.all_text, "the buttons are replaced by who decided"
+    ops = cli_actor("ops").label  # the OS account that ran the command, with the name it gave
+    assert ops in approval.all_text, "the buttons are replaced by who decided"
     await bot.click(BOB, "approve", approval, value=value)
-    assert "Already approved by cli:ops" in await bot.ephemeral(BOB)
+    assert f"Already approved by {ops}" in await bot.ephemeral(BOB)
 
 
 # -- Slack trouble --------------------------------------------------------------------------------

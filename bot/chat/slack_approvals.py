@@ -5,7 +5,9 @@ Checks happen on the server, never in the message: the clicker must be on the al
 approval that is waiting *and* the hash of the plan it showed, so a stale button from a replaced
 plan can never approve the new one. The decision itself is the store's compare-and-set (through
 :meth:`bot.runner.Runner.decide`): a double click or a Slack retry executes once, and the second
-clicker is told who was first. Answers to the clicker are ephemeral: only they see them.
+clicker is told who was first. The engine's approval rules (:mod:`bot.approval_rules`) then apply:
+whoever asked for an action may not approve it alone. Answers to the clicker are ephemeral: only
+they see them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.chat.slack_blocks import already_decided_text, mentionize, parse_button_value
 from bot.config import SlackConfig
 from bot.engine import Engine
-from bot.errors import AlreadyDecided, ApprovalError, BotError, NotFound
+from bot.errors import AlreadyDecided, ApprovalError, BotError, IdentityError, NotAllowed, NotFound
+from bot.identity import slack_actor
 from bot.incidents import ApprovalState
 
 log = logging.getLogger(__name__)
@@ -153,13 +156,19 @@ class Decisions:
         if parsed is None:
             return ":warning: This button does not carry a valid approval. Nothing was changed."
         inc_id, ap_id, plan_hash = parsed
+        try:
+            actor = slack_actor(click.user)
+        except IdentityError:
+            return (
+                ":warning: This click names no Slack user, so nobody can be held to it. Nothing was changed."
+            )
         store = self.engine.store
         refusal = await self.approvers.refusal(click.user)
         if refusal is not None:
             await store.audit(
                 "approval.refused",
                 incident_id=inc_id,
-                actor=f"slack:{click.user}",
+                actor=actor.label,
                 plan_hash=plan_hash,
                 detail={"approval_id": ap_id, "approve": approve, "reason": "not an approver"},
             )
@@ -178,11 +187,11 @@ class Decisions:
                 " Use the newest approval request in the thread. Nothing was changed."
             )
         try:
-            report = await self.engine.runner.decide(
-                inc_id, f"slack:{click.user}", approve, approval_id=ap_id
-            )
+            report = await self.engine.runner.decide(inc_id, actor, approve, approval_id=ap_id)
         except AlreadyDecided as exc:
             return already_decided_text(exc.state, exc.decided_by, exc.decided_at)
+        except NotAllowed as exc:  # the approval rules: e.g. you asked for this action yourself
+            return f":no_entry: Not allowed to {verb}: {mentionize(str(exc))}. Nothing was changed."
         except ApprovalError as exc:
             return f":warning: {mentionize(str(exc))}. Nothing more was changed."
         except BotError as exc:

@@ -31,6 +31,7 @@ from bot.chat.slack_blocks import (
 from bot.config import Config
 from bot.engine import Engine
 from bot.errors import BotError, StepError
+from bot.identity import slack_actor
 from bot.incidents import OPEN_STATES
 from bot.oneshot import (
     EVICT_PREFIX,
@@ -78,7 +79,8 @@ class Request:
 
     @property
     def actor(self) -> str:
-        return f"slack:{self.user}"
+        """The verified identity key of who typed the command (the signed request's user id)."""
+        return slack_actor(self.user).key
 
     @property
     def sub(self) -> str:

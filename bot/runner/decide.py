@@ -1,6 +1,6 @@
 """Decisions on approvals: the rules (expiry, guardrails, quorum, two-person) and what follows.
 
-The rules are applied here, once, for every way a decision arrives (Slack button, CLI, demo); the
+The rules (:mod:`bot.approval_rules`, plus expiry and the guardrails) are applied here, once, for every way a decision arrives (Slack button, CLI, demo); the
 store records the outcome as a compare-and-set, so two deciders racing in two processes see one
 winner. A refused decision is audited and leaves the approval exactly as it was: still pending and
 approvable once the cause is lifted (kill switch, breaker), or closed (expired).
@@ -13,8 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot import approval_rules
+from bot.approval_rules import DecisionResult
 from bot.errors import AlreadyDecided, ApprovalError, DecisionConflict, DecisionRefused, NotFound
-from bot.incidents import Approval, ApprovalState, Decision, Incident, StepRun, iso
+from bot.identity import Actor
+from bot.incidents import Approval, ApprovalState, Incident, StepRun, iso
 from bot.runner.gate import GateMixin
 
 log = logging.getLogger(__name__)
@@ -30,25 +33,6 @@ class DecisionReport:
     executed: bool = False
     result: StepRun | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Ruling:
-    decisions: list[Decision]
-    state: ApprovalState
-    needed: int
-
-
-def rule(ap: Approval, who: str, approve: bool, now: float) -> Ruling:
-    """Quorum and the two-person rule: the same person never counts twice; a deny ends it at once."""
-    if approve and who in ap.approvers:
-        raise ApprovalError(f"{who} already approved; this step needs {ap.required} different approvers")
-    decisions = [*ap.decisions, Decision(who=who, at=iso(now) or "", approve=approve)]
-    approvers = [d.who for d in decisions if d.approve]
-    if not approve:
-        return Ruling(decisions, ApprovalState.DENIED, 0)
-    needed = max(0, ap.required - len(approvers))
-    return Ruling(decisions, ApprovalState.APPROVED if needed == 0 else ApprovalState.PENDING, needed)
 
 
 class DecideMixin(GateMixin):
@@ -67,7 +51,7 @@ class DecideMixin(GateMixin):
     async def decide(
         self,
         incident_id: int,
-        who: str,
+        who: Actor,
         approve: bool,
         *,
         approval_id: int | None = None,
@@ -94,29 +78,42 @@ class DecideMixin(GateMixin):
             if now >= ap.expires_ts:
                 await self.close_expired(ap)
                 raise AlreadyDecided("expired", "expiry", ap.expires_at)
-            if approve:
-                reason = await self.guardrails.reason(inc.target or "")
+            try:
+                ruling = approval_rules.decide(
+                    ap, who, approve, self.config.approvals, requested_by=inc.requested_by, at=iso(now) or ""
+                )
+                reason = await self.guardrails.reason(inc.target or "") if approve else None
                 if reason is not None:
-                    await self.store.audit(
-                        "approval.refused",
-                        incident_id=inc.id,
-                        actor=who,
-                        target=inc.target,
-                        plan_hash=ap.plan_hash,
-                        detail={"approval_id": ap.id, "reason": reason},
-                    )
                     raise DecisionRefused(f"not recorded: {reason}; the approval is still pending")
-            ruling = rule(ap, who, approve, now)
+            except AlreadyDecided:
+                raise
+            except ApprovalError as exc:  # refused by a rule or a guardrail: audited, nothing changes
+                await self.store.audit(
+                    "approval.refused",
+                    incident_id=inc.id,
+                    actor=who.label,
+                    target=inc.target,
+                    plan_hash=ap.plan_hash,
+                    detail={
+                        "approval_id": ap.id,
+                        "approve": approve,
+                        "identity": who.key,
+                        "reason": str(exc),
+                    },
+                )
+                raise
             try:
                 ap = await self.store.decide(
                     ap.id,
-                    who=who,
+                    who=who.label,
                     approve=approve,
                     seen=len(ap.decisions),
-                    decisions=ruling.decisions,
+                    decisions=list(ruling.decisions),
                     state=ruling.state,
+                    decided_by=ruling.decided_by,
+                    approvers=ruling.approver_ids,
                     target=inc.target,
-                    note=f"{ap.step_id} denied by {who}; no further actions" if not approve else None,
+                    note=f"{ap.step_id} denied by {who.label}; no further actions" if not approve else None,
                 )
                 break
             except DecisionConflict:
@@ -125,10 +122,14 @@ class DecideMixin(GateMixin):
             raise ApprovalError("too many decisions at once; try again")
         return await self._after_decision(inc, ap, who, ruling)
 
-    async def _after_decision(self, inc: Incident, ap: Approval, who: str, ruling: Ruling) -> DecisionReport:
+    async def _after_decision(
+        self, inc: Incident, ap: Approval, who: Actor, ruling: DecisionResult
+    ) -> DecisionReport:
         if ruling.state == ApprovalState.PENDING:
             await self.notifier.approval_requested(await self.store.get_incident(inc.id), ap)
-            return DecisionReport(inc.id, ap, f"approved by {who}; needs {ruling.needed} more approver(s)")
+            return DecisionReport(
+                inc.id, ap, f"approved by {who.label}; needs {ruling.needed} more approver(s)"
+            )
         self.metrics.approval_closed(ap)
         fresh = await self.store.get_incident(inc.id)
         await self.notifier.approval_closed(fresh, ap)
@@ -137,8 +138,8 @@ class DecideMixin(GateMixin):
             if run is not None:
                 await self.notifier.step_finished(fresh, run)
             await self.notifier.incident_updated(fresh)
-            return DecisionReport(inc.id, ap, f"denied by {who}: nothing was changed", result=run)
-        return await self.execute(inc.id, ap, who)  # type: ignore[attr-defined,no-any-return]
+            return DecisionReport(inc.id, ap, f"denied by {who.label}: nothing was changed", result=run)
+        return await self.execute(inc.id, ap, who.label)  # type: ignore[attr-defined,no-any-return]
 
     async def close_expired(self, ap: Approval) -> bool:
         """Expire one approval (its step run and incident with it) and tell the thread."""

@@ -98,6 +98,8 @@ class Store(Protocol):
         seen: int,
         decisions: list[Decision],
         state: ApprovalState,
+        decided_by: str | None,
+        approvers: list[str],
         target: str | None,
         note: str | None = None,
     ) -> Approval: ...

@@ -399,6 +399,8 @@ class EventsMixin(ReadsMixin):
         seen: int,
         decisions: list[Decision],
         state: ApprovalState,
+        decided_by: str | None,
+        approvers: list[str],
         target: str | None,
         note: str | None = None,
     ) -> Approval:
@@ -417,7 +419,6 @@ class EventsMixin(ReadsMixin):
                     raise AlreadyDecided(str(ap.state), ap.decided_by, ap.decided_at)
                 if len(ap.decisions) != seen:
                     raise DecisionConflict("another decision arrived meanwhile")
-                approvers = [d.who for d in decisions if d.approve]
                 final = state != A.PENDING
                 ap = self._move_approval(
                     conn,
@@ -425,7 +426,7 @@ class EventsMixin(ReadsMixin):
                     approval_id,
                     state,
                     decisions=dumps([d.model_dump() for d in decisions]),
-                    decided_by=(", ".join(approvers) if state == A.APPROVED else who) if final else None,
+                    decided_by=decided_by if final else None,
                     decided_at=now if final else None,
                     owner=process_owner(),
                 )
