@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.store.sqlite_events import EventsMixin
+from bot.store.sqlite_approvals import ApprovalEventsMixin
+from bot.store.sqlite_events import IncidentEventsMixin
 from bot.store.sqlite_ingest import IngestMixin
 
 
-class SQLiteStore(EventsMixin, IngestMixin):
+class SQLiteStore(ApprovalEventsMixin, IncidentEventsMixin, IngestMixin):
     """Async facade over a SQLite file. Open with :meth:`open`, close with :meth:`close`."""
 
     def __init__(self, path: Path | str) -> None:

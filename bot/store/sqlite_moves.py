@@ -1,0 +1,113 @@
+"""Moving records inside a transaction: every state written goes through :func:`bot.lifecycle.move`."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+from bot import lifecycle
+from bot.errors import NotFound
+from bot.incidents import Approval, ApprovalState, IncidentState, StepRun
+from bot.lifecycle import Event
+from bot.store.records import StepResult, approval_of, dumps, step_run_of
+from bot.store.sqlite_reads import ReadsMixin
+
+I = IncidentState  # noqa: E741
+
+
+class MovesMixin(ReadsMixin):
+    def _move_incident(
+        self,
+        conn: sqlite3.Connection,
+        event: Event,
+        incident_id: int,
+        new: str | None,
+        *,
+        note: str | None = None,
+        next_step: int | None = None,
+    ) -> str:
+        """Move an incident (``new`` None: keep the state, only note/next_step change)."""
+        row = conn.execute("SELECT state FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no incident {incident_id}")
+        current = row["state"]
+        if new is None:
+            new = current
+        if current == I.RESOLVED and new != I.RESOLVED and event != Event.RESOLVE:
+            new = I.RESOLVED  # the alert resolved meanwhile: whatever a late runner says, it stays resolved
+        state = lifecycle.move("incident", event, current, new, incident_id)
+        sets, args = ["state = ?", "updated_at = ?"], [state, time.time()]
+        if note is not None:
+            sets.append("note = ?")
+            args.append(note)
+        if next_step is not None:
+            sets.append("next_step = ?")
+            args.append(next_step)
+        conn.execute(f"UPDATE incidents SET {', '.join(sets)} WHERE id = ?", (*args, incident_id))  # noqa: S608
+        return state
+
+    @staticmethod
+    def _finish_run(
+        conn: sqlite3.Connection, event: Event, run_id: int, result: StepResult, *, finished: bool = True
+    ) -> StepRun:
+        row = conn.execute("SELECT status FROM step_runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no step run {run_id}")
+        status = lifecycle.move("step", event, row["status"], result.status, run_id)
+        conn.execute(
+            "UPDATE step_runs SET status = ?, summary = ?, details = ?, data = ?, error = ?,"
+            " plan = coalesce(?, plan), plan_hash = coalesce(?, plan_hash), finished_at = ? WHERE id = ?",
+            (
+                status,
+                result.summary,
+                result.details,
+                dumps(result.data),
+                result.error,
+                dumps(result.plan) if result.plan is not None else None,
+                result.plan_hash,
+                time.time() if finished else None,
+                run_id,
+            ),
+        )
+        return step_run_of(conn.execute("SELECT * FROM step_runs WHERE id = ?", (run_id,)).fetchone())
+
+    def _audit_step(
+        self, conn: sqlite3.Connection, run: StepRun, target: str | None, actor: str | None
+    ) -> None:
+        self._audit(
+            conn,
+            "step.finished",
+            incident_id=run.incident_id,
+            target=target,
+            actor=actor,
+            plan_hash=run.plan_hash,
+            detail={
+                "step": run.step_id,
+                "type": run.step_type,
+                "status": str(run.status),
+                "mutating": run.mutating,
+                "duration_s": run.duration_s,
+                "summary": run.summary[:500],
+                "error": run.error,
+            },
+        )
+
+    def _move_approval(
+        self, conn: sqlite3.Connection, event: Event, approval_id: int, new: ApprovalState, **sets: Any
+    ) -> Approval:
+        ap = self._approval_row(conn, approval_id)
+        state = lifecycle.move("approval", event, ap.state, new, approval_id)
+        cols = ", ".join(f"{k} = ?" for k in sets)
+        conn.execute(
+            f"UPDATE approvals SET state = ?{', ' + cols if cols else ''} WHERE id = ?",  # noqa: S608
+            (state, *sets.values(), approval_id),
+        )
+        return self._approval_row(conn, approval_id)
+
+    @staticmethod
+    def _approval_row(conn: sqlite3.Connection, approval_id: int) -> Approval:
+        row = conn.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no approval {approval_id}")
+        return approval_of(row)
