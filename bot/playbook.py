@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from bot.config import LabelMatcher, StrictModel
+from bot.config import LabelMatcher
 from bot.durations import Duration
 from bot.errors import ConfigError, Problem
 from bot.steps import REGISTRY, StepParams, StepType
-from bot.validation import load_yaml, validation_problems
+from bot.validation import StrictModel, load_yaml, validation_problems
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 

@@ -24,7 +24,8 @@ from zoneinfo import ZoneInfo
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bot.config import Config, JobSchedule
+from bot.config import Config
+from bot.config_jobs import JobSchedule
 from bot.errors import StepError
 from bot.intake import Intake
 from bot.jobs.backups import BackupWatch

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bot.errors import Problem
 
@@ -95,3 +95,9 @@ def interpolate_env(
 
         return _ENV.sub(repl, value)
     return value
+
+
+class StrictModel(BaseModel):
+    """Our own files: unknown keys are errors, so a typo is never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

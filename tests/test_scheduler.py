@@ -15,7 +15,8 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from bot.app import SCHEDULER, STORE, create_app
-from bot.config import JobSchedule, cron_trigger, load_config
+from bot.config import load_config
+from bot.config_jobs import JobSchedule, cron_trigger
 from bot.errors import ConfigError
 from bot.incidents import ApprovalState, Incident, IncidentState
 from bot.intake import PROBE_SOURCE
