@@ -30,7 +30,7 @@ import aiohttp
 import redis
 from aiohttp import web
 
-from bot.app import RUNNER, STORE, create_app
+from bot.app import ENGINE, create_app
 from bot.chat.console import ConsoleNotifier
 from bot.config import load_config
 from bot.formatting import human_bytes
@@ -230,7 +230,7 @@ async def story(
     resolve: Callable[[], Awaitable[None]],
 ) -> int:
     """The part both modes share: fill memory, let the alert arrive, approve, watch it resolve."""
-    store, runner = app[STORE], app[RUNNER]
+    store, runner = app[ENGINE].store, app[ENGINE].runner
     say("Pushing Redis memory over 80%: the cache keeps growing")
     fill(client, 0.86, args.agents)
     print(memory_line(client))
