@@ -163,6 +163,8 @@ class Incident(BaseModel):
     updated_at: str | None = None
     ends_at: str | None = None
     chat_ref: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Parameters of a hand-started playbook (e.g. the pattern of ``/redis evict``)."""
     alert_count: int = 1
     """Alerts this incident stands for (alerts of the same playbook and target join an open one)."""
     merged_into: int | None = None

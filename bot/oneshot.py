@@ -31,6 +31,9 @@ from bot.store import IngestItem, Store
 from bot.validation import field_path
 
 EVICT_PREFIX = "evict:"
+"""How hand-started evictions were named before their pattern was stored as a parameter (still read)."""
+MANUAL_EVICT_PLAYBOOK = "manual-eviction"
+"""The playbook of a hand-started eviction; its pattern is the incident's ``params``."""
 """Playbook names starting with this are hand-started evictions of the pattern that follows."""
 MANUAL_EVICTION = "ManualEviction"
 
@@ -126,7 +129,7 @@ def evict_playbook(pattern: str) -> Playbook:
         description="Cache invalidation asked for by hand; protected keys are never deleted.",
     )
     return Playbook(
-        name=f"{EVICT_PREFIX}{pattern}",
+        name=MANUAL_EVICT_PLAYBOOK,
         description=f"Invalidate the cache namespace {pattern} (SCAN + UNLINK), after approval.",
         runbook="Evicting Specific Cache Keys",
         matcher=LabelMatcher(match={"alertname": MANUAL_EVICTION}),
@@ -145,8 +148,13 @@ class AdHocPlaybooks(PlaybookSet):
     def __init__(self, base: PlaybookSet) -> None:
         super().__init__(base.playbooks)
 
-    def get(self, name: str) -> Playbook | None:
+    def get(self, name: str, params: dict[str, Any] | None = None) -> Playbook | None:
         found = super().get(name)
+        if found is None and name == MANUAL_EVICT_PLAYBOOK and params and "pattern" in params:
+            try:
+                return evict_playbook(str(params["pattern"]))
+            except BotError:
+                return None
         if found is None and name.startswith(EVICT_PREFIX):
             try:
                 return evict_playbook(name.removeprefix(EVICT_PREFIX))
@@ -169,6 +177,7 @@ async def start_incident(
     requested_by: str,
     source: str,
     dry_run: bool = False,
+    params: dict[str, Any] | None = None,
 ) -> int:
     """Open a hand-started incident for ``playbook`` on ``target``; the caller submits it to a runner.
 
@@ -177,7 +186,7 @@ async def start_incident(
     approving its actions alone. The incident is shaped like an alert (``alertname``,
     ``bot_target``) so every view of incidents shows it, and names who asked in a label too.
     """
-    pb = playbooks.get(playbook)
+    pb = playbooks.get(playbook, params)
     if pb is None:
         known = ", ".join(p.name for p in playbooks.playbooks)
         raise NotFound(f"no playbook named {playbook!r}; known: {known}")
@@ -193,4 +202,4 @@ async def start_incident(
         }
     )
     item = IngestItem(alert, pb.name, target.name, target.index, f"started by {requested_by}", source)
-    return await store.open_incident(item, dry_run=dry_run, requested_by=requested_by)
+    return await store.open_incident(item, dry_run=dry_run, requested_by=requested_by, params=params)

@@ -161,7 +161,9 @@ class PlaybookSet:
                 return p
         return None
 
-    def get(self, name: str) -> Playbook | None:
+    def get(self, name: str, params: dict[str, Any] | None = None) -> Playbook | None:
+        """The playbook called ``name``; ``params`` matter only for hand-started ones (see
+        :class:`bot.oneshot.AdHocPlaybooks`)."""
         return self.by_name.get(name)
 
     def __len__(self) -> int:

@@ -643,7 +643,11 @@ async def test_evict_goes_through_plan_and_approval(
     await bot.wait_status(IncidentState.VERIFIED)
     assert agent_keys(redis_sync) == 1 and redis_sync.get("agent:pinned:7") == b"keep"
     inc = await bot.incident()
-    assert inc.playbook == "evict:agent:*" and inc.labels["requested_by"] == "slack:UMALLORY"
+    assert (
+        inc.playbook == "manual-eviction"
+        and inc.params == {"pattern": "agent:*"}
+        and inc.labels["requested_by"] == "slack:UMALLORY"
+    )
 
     await bot.command(ALICE, "evict *", "all")
     assert "matches every key" in text_of(await bot.response("all"))

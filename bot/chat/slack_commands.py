@@ -35,6 +35,7 @@ from bot.identity import slack_actor
 from bot.incidents import OPEN_STATES
 from bot.oneshot import (
     EVICT_PREFIX,
+    MANUAL_EVICT_PLAYBOOK,
     evict_playbook,
     is_target_name,
     resolve_target,
@@ -313,7 +314,7 @@ class Commands:
             names = ", ".join(code(p.name) for p in playbooks.playbooks)
             raise Usage(f"usage: `{COMMAND} run PLAYBOOK [target]`; playbooks: {names}")
         name = args[0]
-        if name.startswith(EVICT_PREFIX) or playbooks.get(name) is None:
+        if name == MANUAL_EVICT_PLAYBOOK or name.startswith(EVICT_PREFIX) or playbooks.get(name) is None:
             names = ", ".join(code(p.name) for p in playbooks.playbooks)
             raise Usage(f"no playbook named {code(name)}; playbooks: {names}")
         return await self._start(req, name, target, f"playbook {code(name)}")
@@ -328,10 +329,12 @@ class Commands:
             evict_playbook(pattern)
         except BotError as exc:
             raise Usage(f"refused pattern {code(pattern)}: {esc(exc)}") from None
-        return await self._start(req, f"{EVICT_PREFIX}{pattern}", target, f"eviction of {code(pattern)}")
+        return await self._start(
+            req, MANUAL_EVICT_PLAYBOOK, target, f"eviction of {code(pattern)}", params={"pattern": pattern}
+        )
 
     async def _start(
-        self, req: Request, playbook: str, target: str | None, what: str
+        self, req: Request, playbook: str, target: str | None, what: str, params: dict[str, Any] | None = None
     ) -> tuple[str, list[Block]]:
         resolved = resolve_target(self.config, target)
         await resolved.target.close()
@@ -342,6 +345,7 @@ class Commands:
             resolved,
             requested_by=req.actor,
             source="slack",
+            params=params,
         )
         self.engine.runner.submit(inc_id)
         text = f"Started incident #{inc_id}: {what} on {resolved.name}"

@@ -197,7 +197,7 @@ class RunnerCore:
     # -- running playbooks ----------------------------------------------------------------------
 
     def playbook_of(self, incident: Incident) -> Playbook:
-        pb = self.playbooks.get(incident.playbook or "")
+        pb = self.playbooks.get(incident.playbook or "", incident.params)
         if pb is None:
             raise NotFound(f"playbook {incident.playbook!r} of incident {incident.id} is not loaded")
         return pb

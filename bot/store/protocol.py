@@ -43,7 +43,12 @@ class Store(Protocol):
     # events (each one transaction with its audit record)
     async def ingest(self, items: Sequence[IngestItem]) -> IngestResult: ...
     async def open_incident(
-        self, item: IngestItem, *, dry_run: bool = False, requested_by: str | None = None
+        self,
+        item: IngestItem,
+        *,
+        dry_run: bool = False,
+        requested_by: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> int: ...
     async def begin(self, incident_id: int) -> bool: ...
     async def fail(self, incident_id: int, note: str, *, target: str | None = None) -> None: ...

@@ -115,6 +115,7 @@ def incident_of(row: sqlite3.Row) -> Incident:
         ends_at=row["ends_at"],
         requested_by=row["requested_by"] if "requested_by" in keys else None,
         alert_count=row["alert_count"] if "alert_count" in keys else 1,
+        params=json.loads(row["params"]) if "params" in keys else {},
         merged_into=row["merged_into"] if "merged_into" in keys else None,
     )
 

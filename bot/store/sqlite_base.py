@@ -145,7 +145,13 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
     _execute_script(conn, _V2_INDEXES)
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_v1, _migrate_v2)
+def _migrate_v3(conn: sqlite3.Connection) -> None:
+    """Hand-started playbooks keep their parameters (the eviction pattern) beside the name."""
+    if "params" not in {r[1] for r in conn.execute("PRAGMA table_info(incidents)")}:
+        conn.execute("ALTER TABLE incidents ADD COLUMN params TEXT NOT NULL DEFAULT '{}'")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_v1, _migrate_v2, _migrate_v3)
 """Schema versions in order; ``PRAGMA user_version`` records how many have been applied."""
 
 

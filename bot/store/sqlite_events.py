@@ -33,7 +33,12 @@ class IncidentEventsMixin(MovesMixin):
     # -- open, begin, steps --------------------------------------------------------------------
 
     async def open_incident(
-        self, item: IngestItem, *, dry_run: bool = False, requested_by: str | None = None
+        self,
+        item: IngestItem,
+        *,
+        dry_run: bool = False,
+        requested_by: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> int:
         """A hand-started incident (``run`` command, slash command)."""
 
@@ -44,8 +49,8 @@ class IncidentEventsMixin(MovesMixin):
             with self._tx() as conn:
                 cur = conn.execute(
                     "INSERT INTO incidents (fingerprint, starts_at, alertname, alert_status, state, playbook, target,"
-                    " target_index, labels, annotations, note, source, dry_run, created_at, updated_at, requested_by)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " target_index, labels, annotations, note, source, dry_run, created_at, updated_at, requested_by,"
+                    " params) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         a.fingerprint,
                         a.starts_key,
@@ -63,6 +68,7 @@ class IncidentEventsMixin(MovesMixin):
                         now,
                         now,
                         requested_by,
+                        dumps(params or {}),
                     ),
                 )
                 inc_id = int(cur.lastrowid or 0)
