@@ -197,6 +197,13 @@ class IngestMixin(SQLiteBase):
             self._received(it, inc_id, inc_id is None, now, start)
             for it, inc_id, start in zip(items, out, starts, strict=True)
         )
+        # A label that pointed a target outside its allowed addresses gets a record of its own:
+        # it is either a misconfiguration or an attack, and both deserve to be found in the audit.
+        audit.extend(
+            (now, "target.refused", inc_id, it.source, None, None, strings_json({"reason": it.note}))
+            for it, inc_id in zip(items, out, strict=True)
+            if it.refused and inc_id is not None
+        )
         return out
 
     @staticmethod
