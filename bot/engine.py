@@ -18,9 +18,11 @@ from bot.intake import Intake
 from bot.metrics import Metrics
 from bot.notifier import Notifier
 from bot.playbook import PlaybookSet, load_playbooks
+from bot.prom import PromClient
 from bot.redisconn import RedisTarget
-from bot.runner import Runner
+from bot.runner import Runner, prometheus_client
 from bot.store import Store, open_store
+from bot.target_pool import TargetPool
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ class Engine:
         self._store: Store | None = None
         self._runner: Runner | None = None
         self._intake: Intake | None = None
+        self.pool: TargetPool | None = None
+        """One Redis client pool per target, shared by runner, scheduler and slash commands."""
+        self.prometheus: PromClient | None = None
 
     @property
     def store(self) -> Store:
@@ -79,6 +84,8 @@ class Engine:
     async def start(self) -> Engine:
         self._store = await open_store(self.config.state_file)
         try:
+            self.pool = TargetPool(self.config, self.ad_hoc_targets)
+            self.prometheus = prometheus_client(self.config, self.metrics)
             self._runner = Runner(
                 self.config,
                 self.playbooks,
@@ -86,7 +93,8 @@ class Engine:
                 self.notifier,
                 metrics=self.metrics,
                 chat=self.chat,
-                ad_hoc_targets=self.ad_hoc_targets,
+                pool=self.pool,
+                prometheus=self.prometheus,
             )
             self._intake = Intake(self.config, self.playbooks, self._store, self._runner)
             if self.workers:
@@ -101,6 +109,12 @@ class Engine:
             await self._runner.stop()
             await self._runner.notifier.close()
             self._runner = None
+        if self.prometheus is not None:
+            await self.prometheus.close()
+            self.prometheus = None
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
         if self._store is not None:
             await self._store.close()
             self._store = None

@@ -28,6 +28,7 @@ from bot.playbook import Playbook, PlaybookSet, Step
 from bot.redisconn import RedisTarget, default_name, redact_url
 from bot.steps import REGISTRY, StepContext, StepOutput
 from bot.store import IngestItem, Store
+from bot.target_pool import TargetPool
 from bot.validation import field_path
 
 EVICT_PREFIX = "evict:"
@@ -45,6 +46,12 @@ class ResolvedTarget:
     name: str
     index: int
     target: RedisTarget
+    owned: bool = True
+    """False when the client is the engine's shared one (then the engine closes it)."""
+
+    async def release(self) -> None:
+        if self.owned:
+            await self.target.close()
 
 
 def target_names(config: Config) -> list[str]:
@@ -52,7 +59,7 @@ def target_names(config: Config) -> list[str]:
     return [t.name or default_name(t.url) for t in config.targets if not t.label_names()]
 
 
-def resolve_target(config: Config, given: str | None) -> ResolvedTarget:
+def resolve_target(config: Config, given: str | None, pool: TargetPool | None = None) -> ResolvedTarget:
     """A target from the config by name (or URL); the only one when ``given`` is None.
 
     Chat users may only name configured targets, never an arbitrary URL: the bot holds credentials
@@ -69,6 +76,9 @@ def resolve_target(config: Config, given: str | None) -> ResolvedTarget:
         if not match:
             raise BotError(f"unknown target {given!r}; known targets: {names}")
         index, tcfg = match[0]
+    if pool is not None:
+        rt = pool.get(index)
+        return ResolvedTarget(rt.name, index, rt, owned=False)
     rt = tcfg.resolve({}, config.runner.redis_timeout)
     return ResolvedTarget(rt.name, index, rt)
 

@@ -30,7 +30,7 @@ from bot.errors import StepError
 from bot.intake import Intake
 from bot.jobs.backups import BackupWatch
 from bot.jobs.digest import digest_text
-from bot.jobs.probe import HealthProbe, probe_targets
+from bot.jobs.probe import HealthProbe
 from bot.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,10 @@ class Scheduler:
         self.runner = runner
         self.metrics = runner.metrics
         self.notifier = runner.notifier
-        self.probe = HealthProbe(config, intake, self.metrics)
-        self.backups = BackupWatch(config, self.notifier, self.metrics)
-        self._digest_targets = probe_targets(config, config.runner.redis_timeout)
+        shared = runner.pool.fixed()  # the engine's clients: one pool per target for the process
+        self.probe = HealthProbe(config, intake, self.metrics, shared)
+        self.backups = BackupWatch(config, self.notifier, self.metrics, shared)
+        self._digest_targets = shared
         self._sched = AsyncIOScheduler(timezone=ZoneInfo(self.cfg.timezone))
         self._sched.add_listener(self._on_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         self._running: set[asyncio.Task[Any]] = set()
@@ -139,8 +140,6 @@ class Scheduler:
         await asyncio.sleep(0)  # AsyncIOScheduler shuts down on the next loop iteration
         await self.probe.close()
         await self.backups.close()
-        for _, _, rt in self._digest_targets:
-            await rt.close()
 
     # -- jobs -----------------------------------------------------------------------------------
 

@@ -197,11 +197,11 @@ class Commands:
     async def _one(
         self, req: Request, title: str, step: str, params: dict[str, Any], target: str | None
     ) -> tuple[str, list[Block]]:
-        resolved = resolve_target(self.config, target)
+        resolved = resolve_target(self.config, target, self.engine.pool)
         try:
             out = await run_step(self.config, resolved.target, step, params)
         finally:
-            await resolved.target.close()
+            await resolved.release()
         heading = f"{title} on {resolved.name}"
         return f"{heading}: {out.summary}"[:300], [
             *result_blocks(heading, out.summary, out.details, status=out.status),
@@ -211,7 +211,7 @@ class Commands:
     async def health(self, req: Request) -> tuple[str, list[Block]]:
         """The runbook's health check (PING must answer PONG) and the figures worth a glance."""
         _, target = self._split(req, 0, "health [target]")
-        resolved = resolve_target(self.config, target)
+        resolved = resolve_target(self.config, target, self.engine.pool)
         t = resolved.target
         try:
             try:
@@ -233,7 +233,7 @@ class Commands:
                 worst = "warning" if out.status != "ok" else worst
                 lines.append(f"{icon} {esc(out.summary)}")
         finally:
-            await t.close()
+            await resolved.release()
         icon = ":large_green_circle:" if worst == "ok" else ":large_yellow_circle:"
         head = f"{icon} *Redis {code(resolved.name)} is up*: {esc(ping.summary)}"
         text = f"Redis {resolved.name} is up: {ping.summary}"
@@ -336,8 +336,8 @@ class Commands:
     async def _start(
         self, req: Request, playbook: str, target: str | None, what: str, params: dict[str, Any] | None = None
     ) -> tuple[str, list[Block]]:
-        resolved = resolve_target(self.config, target)
-        await resolved.target.close()
+        resolved = resolve_target(self.config, target, self.engine.pool)
+        await resolved.release()
         inc_id = await start_incident(
             self.engine.store,
             self.engine.playbooks,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from bot.config import Config
+from bot.config import Config, TargetConfig
 from bot.errors import StepError
 from bot.jobs.probe import probe_targets
 from bot.metrics import Metrics
 from bot.notifier import SafeNotifier
+from bot.redisconn import RedisTarget
 from bot.steps.redis_actions import BackupCheckParams, backup_check
 from bot.steps.registry import StepContext
 
@@ -15,16 +16,24 @@ class BackupWatch:
     """The runbook's daily backups: warn once when a target's last save is stale or failed, and once
     when it is healthy again (not on every run)."""
 
-    def __init__(self, config: Config, notifier: SafeNotifier, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        notifier: SafeNotifier,
+        metrics: Metrics,
+        targets: list[tuple[int, TargetConfig, RedisTarget]] | None = None,
+    ) -> None:
         self.cfg = config.scheduler.backup_check
         self.notifier = notifier
         self.metrics = metrics
-        self.targets = probe_targets(config, config.runner.redis_timeout)
+        self._owned = targets is None
+        self.targets = targets if targets is not None else probe_targets(config, config.runner.redis_timeout)
         self.problems: dict[str, tuple[str, ...]] = {}
 
     async def close(self) -> None:
-        for _, _, rt in self.targets:
-            await rt.close()
+        if self._owned:
+            for _, _, rt in self.targets:
+                await rt.close()
 
     async def run(self) -> None:
         unreachable = []

@@ -60,12 +60,20 @@ class ProbeState:
 class HealthProbe:
     """PING every reachable target; open, join or resolve RedisDown (see the module docstring)."""
 
-    def __init__(self, config: Config, intake: Intake, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        intake: Intake,
+        metrics: Metrics,
+        targets: list[tuple[int, TargetConfig, RedisTarget]] | None = None,
+    ) -> None:
         self.cfg = config.scheduler.health_probe
         self.intake = intake
         self.store: Store = intake.store
         self.metrics = metrics
-        self.targets = probe_targets(config, self.cfg.timeout)
+        # Shared clients (the engine's pool) are the owner's to close; our own we close ourselves.
+        self._owned = targets is None
+        self.targets = targets if targets is not None else probe_targets(config, self.cfg.timeout)
         self.state = {rt.name: ProbeState() for _, _, rt in self.targets}
 
     async def run(self) -> None:
@@ -77,8 +85,9 @@ class HealthProbe:
             raise errors[0]
 
     async def close(self) -> None:
-        for _, _, rt in self.targets:
-            await rt.close()
+        if self._owned:
+            for _, _, rt in self.targets:
+                await rt.close()
 
     async def ping(self, rt: RedisTarget) -> str | None:
         """None when PING answered in time, else why not (for the incident's description)."""

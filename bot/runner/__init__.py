@@ -16,6 +16,7 @@ from bot.runner.decide import DecisionReport
 from bot.runner.execute import ExecuteMixin, plan_drift
 from bot.runner.guardrails import KILL_SWITCH, BreakerStatus, Guardrails
 from bot.store import Store
+from bot.target_pool import TargetPool
 
 
 def prometheus_client(config: Config, metrics: Metrics) -> PromClient | None:
@@ -45,10 +46,12 @@ class Runner(ExecuteMixin):
         ad_hoc_targets: dict[str, RedisTarget] | None = None,
         metrics: Metrics | None = None,
         prometheus: PromClient | None = None,
+        pool: TargetPool | None = None,
         chat: str = "chat",
     ) -> None:
         metrics = metrics or Metrics()
         self._own_prometheus = prometheus is None
+        self._own_pool = pool is None
         safe = SafeNotifier(notifier or NullNotifier(), on_failure=lambda _name: metrics.call_error(chat))
         super().__init__(
             config,
@@ -57,13 +60,15 @@ class Runner(ExecuteMixin):
             safe,
             metrics=metrics,
             prometheus=prometheus if prometheus is not None else prometheus_client(config, metrics),
-            ad_hoc_targets=ad_hoc_targets,
+            pool=pool if pool is not None else TargetPool(config, ad_hoc_targets),
         )
 
     async def stop(self) -> None:
         await super().stop()
         if self._own_prometheus and self.prometheus is not None:
             await self.prometheus.close()
+        if self._own_pool:
+            await self.pool.close()
 
 
 __all__ = [

@@ -29,6 +29,7 @@ from bot.runner.guardrails import Guardrails
 from bot.runner.queue import FairQueue
 from bot.steps import StepContext, StepOutput
 from bot.store import StepResult, Store
+from bot.target_pool import TargetPool
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class RunnerCore:
         *,
         metrics: Metrics,
         prometheus: PromClient | None = None,
-        ad_hoc_targets: dict[str, RedisTarget] | None = None,
+        pool: TargetPool,
     ) -> None:
         self.config = config
         self.playbooks = playbooks
@@ -58,7 +59,7 @@ class RunnerCore:
         self.notifier = notifier
         self.prometheus = prometheus
         self.guardrails = Guardrails(config, store, metrics)
-        self._targets: dict[str, RedisTarget] = dict(ad_hoc_targets or {})
+        self.pool = pool
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._queue = FairQueue(QUEUE_PER_TARGET)
         self._workers: list[asyncio.Task[None]] = []
@@ -91,9 +92,6 @@ class RunnerCore:
             for task in pending:
                 task.cancel()
         self._workers.clear()
-        for t in self._targets.values():
-            await t.close()
-        self._targets.clear()
 
     def submit(self, incident_id: int, target: str = "") -> bool:
         """Queue an incident for its playbook (after it is persisted). False when the target's queue
@@ -137,8 +135,9 @@ class RunnerCore:
         if incident.target is None:
             raise TargetError(f"incident {incident.id} has no target")
         if incident.target_index is None:
-            if incident.target in self._targets:  # a hand-started run's ad-hoc target
-                return self._targets[incident.target]
+            ad_hoc = self.pool.ad_hoc(incident.target)  # a hand-started run's target
+            if ad_hoc is not None:
+                return ad_hoc
             raise TargetError(
                 f"target {incident.target} of incident {incident.id} is not in the config;"
                 " add it to `targets` to act on it"
@@ -148,19 +147,13 @@ class RunnerCore:
                 f"target {incident.target} of incident {incident.id} is not in the config any more;"
                 " add it to `targets` to act on it"
             )
-        t = self.config.targets[incident.target_index].resolve(
-            incident.labels, self.config.runner.redis_timeout, action=action
-        )
+        t = self.pool.get(incident.target_index, incident.labels, action=action)
         if t.name != incident.target:
             raise TargetError(
                 f"the config's target #{incident.target_index} is now {t.name}, not {incident.target}"
                 " as when the incident opened; not acting on a different Redis"
             )
-        # Keyed by the resolved URL: a templated target resolves to a different Redis per alert.
-        key = f"{'action' if action else 'read'}:{t.url}"
-        if key not in self._targets:
-            self._targets[key] = t
-        return self._targets[key]
+        return t
 
     def context(
         self, incident: Incident, target: RedisTarget, step_id: str, *, run_id: int | None = None
