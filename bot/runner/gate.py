@@ -59,26 +59,17 @@ class GateMixin(RunnerCore):
             return False
         digest = plan.digest()
         plan_data = plan.model_dump(mode="json")
+        passed = None
         if self.dry_run(inc, pb):
-            run = await self.store.finish_step(
-                run_id,
-                StepResult(
-                    StepStatus.PLANNED, f"dry run, would: {plan.summary}", plan=plan_data, plan_hash=digest
-                ),
-                next_step=idx + 1,
-                target=target.name,
+            passed = StepResult(
+                StepStatus.PLANNED, f"dry run, would: {plan.summary}", plan=plan_data, plan_hash=digest
             )
-            await self.notifier.step_finished(inc, run)
-            return False
-        if plan.estimated_keys == 0:
-            run = await self.store.finish_step(
-                run_id,
-                StepResult(
-                    StepStatus.SKIPPED, f"nothing to do: {plan.summary}", plan=plan_data, plan_hash=digest
-                ),
-                next_step=idx + 1,
-                target=target.name,
+        elif plan.estimated_keys == 0:
+            passed = StepResult(
+                StepStatus.SKIPPED, f"nothing to do: {plan.summary}", plan=plan_data, plan_hash=digest
             )
+        if passed is not None:  # no approval needed: the playbook goes on
+            run = await self.store.finish_step(run_id, passed, next_step=idx + 1, target=target.name)
             await self.notifier.step_finished(inc, run)
             return False
         reason = await self.guardrails.reason(target.name)
