@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -16,7 +17,7 @@ from bot.metrics import Metrics
 from bot.runner import KILL_SWITCH, BreakerStatus, Guardrails
 from bot.store import open_store
 
-EXIT_OK, EXIT_ERROR = 0, 1
+EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
@@ -98,8 +99,11 @@ async def cmd_breaker(args: argparse.Namespace, config: Config, actor: str) -> i
     try:
         if args.action == "reset":
             if not args.target:
-                print("error: say which target to reset: `remediation-bot breaker reset TARGET`")
-                return EXIT_ERROR
+                print(
+                    "error: say which target to reset: `remediation-bot breaker reset TARGET`",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
             statuses = [await guard.reset_breaker(args.target, actor, args.reason)]
         else:
             names = [args.target] if args.target else _targets(config)

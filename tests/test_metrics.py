@@ -14,11 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.app import RUNNER, STORE, create_app
 from bot.config import load_config
+from bot.engine import Engine
 from bot.incidents import IncidentState
 from bot.logs import JsonFormatter
-from bot.playbook import load_playbooks
-from bot.runner import Runner
-from bot.store import SQLiteStore
+from bot.store import open_store
 from tests.conftest import (
     RecordingNotifier,
     RedisServer,
@@ -167,20 +166,19 @@ async def test_runner_logs_carry_incident_ids(
 ) -> None:
     """A step that was running when the bot died: the restart's warning names the incident."""
     cfg = load_config(write_config(tmp_path, redis_server.url))
-    store = await SQLiteStore(cfg.state_file).open()
     from bot.alerts import Alert
     from bot.store import IngestItem
 
     alert = Alert.model_validate(
         {"status": "firing", "labels": {"alertname": "X"}, "startsAt": "2026-01-01T00:00:00Z"}
     )
+    store = await open_store(cfg.state_file)  # the state a process left when it died mid-step
     inc_id = await store.open_incident(IngestItem(alert, "redis-memory-high", "t", 0))
     await store.start_step(inc_id, 0, "evict", "redis.evict", True)
-    runner = Runner(cfg, load_playbooks(cfg.playbooks), store)
-    with caplog.at_level(logging.WARNING, logger="bot.runner"):
-        await runner.start()
-    await runner.stop()
     await store.close()
+    with caplog.at_level(logging.WARNING, logger="bot.runner"):
+        async with Engine(cfg):  # the restart
+            pass
     record = next(r for r in caplog.records if "interrupted" in r.getMessage())
     line = json.loads(JsonFormatter().format(record))
     assert line["incident"] == inc_id and line["level"] == "warning"

@@ -19,16 +19,16 @@ import redis
 from aiohttp import web
 
 from bot.config import load_config
+from bot.engine import Engine
 from bot.errors import ConfigError
 from bot.incidents import IncidentState, StepStatus
 from bot.localstack import Prometheus, RedisExporter, Stack
 from bot.playbook import load_playbooks
 from bot.prom import PromClient, PrometheusQueryError, PrometheusUnavailable, render, template_problems
 from bot.redisconn import RedisTarget
-from bot.runner import Runner
 from bot.steps import REGISTRY, StepContext, StepOutput, prometheus_chart
 from bot.steps import prometheus as promsteps
-from bot.store import IngestItem, SQLiteStore
+from bot.store import IngestItem
 from tests.conftest import RecordingNotifier, RedisServer, write_config
 
 
@@ -328,9 +328,7 @@ async def test_runner_degrades_only_the_prometheus_step(tmp_path: Path, redis_se
             f"playbooks: playbooks\nprometheus: {{url: 'http://127.0.0.1:{dead}', timeout: 2s}}\n",
         )
     )
-    store = await SQLiteStore(cfg.state_file).open()
-    runner = Runner(cfg, load_playbooks(cfg.playbooks), store, RecordingNotifier())
-    try:
+    async with Engine(cfg, notifier=RecordingNotifier(), workers=False) as engine:  # type: ignore[arg-type]
         from bot.alerts import Alert
 
         alert = Alert.model_validate(
@@ -340,16 +338,13 @@ async def test_runner_degrades_only_the_prometheus_step(tmp_path: Path, redis_se
                 "startsAt": "2026-01-01T00:00:00Z",
             }
         )
-        inc_id = await store.open_incident(IngestItem(alert, "p", cfg.targets[0].resolve({}).name, 0))
-        inc = await runner.run_incident(inc_id)
-    finally:
-        await runner.stop()
-        await store.close()
+        inc_id = await engine.store.open_incident(IngestItem(alert, "p", cfg.targets[0].resolve({}).name, 0))
+        inc = await engine.runner.run_incident(inc_id)
     trend, ping = inc.steps
     assert trend.status == StepStatus.ERROR
     assert trend.summary == f"cannot reach Prometheus at http://127.0.0.1:{dead}: Connection refused"
     assert ping.status == StepStatus.OK and inc.status == IncidentState.DIAGNOSED
-    assert runner.metrics.call_errors.labels("prometheus")._value.get() >= 1
+    assert engine.metrics.call_errors.labels("prometheus")._value.get() >= 1
 
 
 # -- no Prometheus, charts ------------------------------------------------------------------------------

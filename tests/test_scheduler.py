@@ -14,7 +14,7 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
-from bot.app import SCHEDULER, STORE, create_app
+from bot.app import ENGINE, SCHEDULER, create_app
 from bot.config import load_config
 from bot.config_jobs import JobSchedule, cron_trigger
 from bot.errors import ConfigError
@@ -23,6 +23,7 @@ from bot.intake import PROBE_SOURCE
 from bot.localstack import Alertmanager
 from bot.notifier import NoticeLevel
 from bot.scheduler import Scheduler
+from bot.store import Store
 from tests.conftest import RecordingNotifier, RedisServer, alert_payload, wait_for, write_config
 
 FAST_PROBE = """\
@@ -46,12 +47,17 @@ async def start_app(aiohttp_client: Any, tmp_path: Path, url: str, extra: str = 
     return await aiohttp_client(create_app(cfg, notifier=Notices(), webhook_token=""))  # type: ignore[no-any-return]
 
 
+def store_of(client: TestClient) -> Store:
+    """The store of the one engine the app built (the scheduler's jobs act through that engine)."""
+    return client.app[ENGINE].store
+
+
 def scheduler_of(client: TestClient) -> Scheduler:
     return client.app[SCHEDULER]
 
 
 async def incidents(client: TestClient) -> list[Incident]:
-    return await client.app[STORE].list_incidents(limit=100, steps=True)
+    return await store_of(client).list_incidents(limit=100, steps=True)
 
 
 async def probe_incident(client: TestClient) -> Incident | None:
@@ -153,7 +159,7 @@ async def test_probe_joins_an_alertmanager_incident(
     await asyncio.to_thread(server.stop)
     resp = await client.post("/alerts", json=alert_payload("RedisDown", fingerprint="am-down"))
     am_id = (await resp.json())["new_incidents"][0]
-    store = client.app[STORE]
+    store = store_of(client)
 
     async def audited(kind: str) -> bool:
         return any(e.kind == kind for e in await store.list_audit(incident_id=am_id))
@@ -204,7 +210,7 @@ async def test_approval_expiry_job(
     client = await start_app(aiohttp_client, tmp_path, redis_server.url, extra)
     resp = await client.post("/alerts", json=alert_payload("TestEvict"))
     inc_id = (await resp.json())["new_incidents"][0]
-    store = client.app[STORE]
+    store = store_of(client)
 
     async def expired() -> bool:
         return (await store.get_incident(inc_id, steps=False)).status == IncidentState.DIAGNOSED

@@ -22,10 +22,11 @@ import redis.asyncio as aioredis
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.app import RUNNER, STORE, create_app
+from bot.app import ENGINE, create_app
 from bot.chat.slack_commands import COMMAND
 from bot.chat.slack_settings import SlackSettings
 from bot.config import load_config
+from bot.engine import Engine
 from bot.errors import ConfigError
 from bot.identity import cli_actor
 from bot.incidents import IncidentState
@@ -79,12 +80,17 @@ class SlackBot:
         self.fake = fake
 
     @property
+    def engine(self) -> Engine:
+        """The one engine the app built (store, runner, intake): the tests reach the system through it."""
+        return self.client.app[ENGINE]
+
+    @property
     def store(self) -> Store:
-        return self.client.app[STORE]
+        return self.engine.store
 
     @property
     def runner(self) -> Runner:
-        return self.client.app[RUNNER]
+        return self.engine.runner
 
     async def alert(self, name: str, status: str = "firing", fingerprint: str = "fp-1") -> dict[str, Any]:
         resp = await self.client.post("/alerts", json=alert_payload(name, status, fingerprint=fingerprint))
