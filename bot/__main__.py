@@ -4,7 +4,8 @@ Commands follow the contract in the design: serve, check, run, incidents, approv
 and kill-switch. Errors are one clear message on stderr and a non-zero exit code, never a traceback:
 0 success, 1 error or problems found, 2 usage, 3 nothing to decide / already decided (or expired),
 4 a decision refused (not an approver, your own request, the same person twice, kill switch, circuit
-breaker, plan changed) or an approved action not executed. Whoever runs a command is its OS account
+breaker, plan changed) or an approved action that did not run, or ran and failed or was stopped
+part-way. Whoever runs a command is its OS account
 (:mod:`bot.identity`); ``--as`` only adds a display name.
 """
 
@@ -32,6 +33,7 @@ from bot.logs import setup_logging
 from bot.notifier import Notifier
 from bot.playbook import PlaybookSet, load_playbooks
 from bot.redisconn import RedisTarget, default_name, redact_url
+from bot.runner import FAILED_STATUSES
 from bot.store import IngestItem, Store, open_store
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFLICT, EXIT_REFUSED = 0, 1, 2, 3, 4
@@ -260,8 +262,14 @@ async def cmd_decide(args: argparse.Namespace, config: Config, playbooks: Playbo
         )
     else:
         print(f"incident #{report.incident_id}: {report.message}")
-    # A decision that did not lead to what was asked (refused at execution) is not a success.
-    return EXIT_REFUSED if report.extra.get("refused") else EXIT_OK
+    # A decision that did not lead to what was asked (refused at execution) is not a success, and
+    # neither is an action that ran and failed or was stopped part-way (kill switch, cap): a script
+    # must not read "exit 0" as "the fix was applied".
+    if report.extra.get("refused"):
+        return EXIT_REFUSED
+    if report.executed and report.result is not None and report.result.status in FAILED_STATUSES:
+        return EXIT_REFUSED
+    return EXIT_OK
 
 
 def _resolve_target(config: Config, given: str | None) -> tuple[str, int | None, RedisTarget]:

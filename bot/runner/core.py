@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,8 +36,12 @@ log = logging.getLogger(__name__)
 FAILED_STATUSES = frozenset({StepStatus.FAILED, StepStatus.ERROR, StepStatus.TIMEOUT})
 CHECKED = frozenset({StepStatus.OK, StepStatus.WARNING, StepStatus.FAILED})
 QUEUE_PER_TARGET = 100
-CHECKPOINT_EVERY = 0.25
-"""Seconds between two saved progress counts of a running action (keys deleted so far)."""
+
+
+def _log_failed_checkpoint(task: asyncio.Task[None]) -> None:
+    """A lost progress count is worth a log line, never a stopped action."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not save an action's progress: %s", task.exception())
 
 
 class RunnerCore:
@@ -164,15 +167,17 @@ class RunnerCore:
         async def progress(message: str) -> None:
             await self.notifier.step_progress(incident, step_id, message)
 
-        last = [0.0]
+        saving: list[asyncio.Task[None]] = []
 
         async def checkpoint(data: dict[str, Any]) -> None:
-            # At most every CHECKPOINT_EVERY seconds: a write per UNLINK batch would double the
-            # cost of a large eviction; a process killed meanwhile loses at most that much count.
-            now = time.monotonic()
-            if run_id is not None and now - last[0] >= CHECKPOINT_EVERY:
-                last[0] = now
-                await self.store.checkpoint(run_id, data)
+            # Saved alongside the action, not in its way: one write in flight at a time, the
+            # latest count wins, so a killed process leaves a count at most a batch or two behind
+            # without a write per batch slowing the eviction down.
+            if run_id is None or (saving and not saving[-1].done()):
+                return
+            task = asyncio.create_task(self.store.checkpoint(run_id, dict(data)))
+            task.add_done_callback(_log_failed_checkpoint)
+            saving[:] = [task]
 
         g = self.config.guardrails
         tcfg = self.config.targets[incident.target_index] if incident.target_index is not None else None
