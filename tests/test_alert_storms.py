@@ -262,3 +262,32 @@ async def test_an_incident_beyond_the_per_target_bound_is_closed_with_a_note(
         b = await engine.intake.receive(Notification.model_validate(storm(1, job="redis-b")))
         (b_id,) = b.new
         assert (await engine.store.get_incident(b_id, steps=False)).status == IncidentState.NEW
+
+
+def test_the_alert_count_is_shown_in_the_thread_and_on_the_console() -> None:
+    """People see how many alerts an incident stands for: the Slack card and the console line."""
+    import io
+    import json
+
+    from bot.chat.console import ConsoleNotifier
+    from bot.chat.slack_blocks import incident_message
+    from bot.incidents import Incident
+
+    inc = Incident(
+        id=7,
+        fingerprint="f",
+        starts_at="2026-11-25T19:39:47Z",
+        alertname="RedisMemoryUsageHigh",
+        alert_status="firing",
+        status=IncidentState.DIAGNOSING,
+        target="t:1/0",
+        playbook="redis-memory-high",
+        alert_count=2000,
+    )
+    _, blocks = incident_message(inc)
+    assert "2,000 alerts joined" in json.dumps(blocks)
+    out = io.StringIO()
+    asyncio.run(ConsoleNotifier(stream=out).incident_updated(inc))
+    assert "(2,000 alerts)" in out.getvalue()
+    _, single = incident_message(inc.model_copy(update={"alert_count": 1}))
+    assert "alerts joined" not in json.dumps(single)

@@ -65,7 +65,8 @@ class ConsoleNotifier:
 
     async def incident_updated(self, incident: Incident) -> None:
         note = f": {incident.note}" if incident.note else ""
-        self._say(f"#{incident.id} is now {incident.status}{note}")
+        count = f" ({incident.alert_count:,} alerts)" if incident.alert_count > 1 else ""
+        self._say(f"#{incident.id} is now {incident.status}{count}{note}")
 
     async def step_progress(self, incident: Incident, step_id: str, message: str) -> None:
         self._say(f"#{incident.id} {step_id}: {message}")

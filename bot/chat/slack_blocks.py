@@ -185,7 +185,13 @@ def incident_message(inc: Incident) -> tuple[str, list[Block]]:
             [
                 ("Target", code(target)),
                 ("Playbook", code(inc.playbook or "none")),
-                ("Alert", "started by hand" if inc.source in HAND_SOURCES else esc(alert)),
+                (
+                    "Alert",
+                    "started by hand"
+                    if inc.source in HAND_SOURCES
+                    else esc(alert)
+                    + (f" ({inc.alert_count:,} alerts joined)" if inc.alert_count > 1 else ""),
+                ),
                 ("Incident", f"#{inc.id}" + (" (dry run)" if inc.dry_run else "")),
             ]
         )
