@@ -169,7 +169,7 @@ def _print_incident(inc: Any) -> None:
 
 
 async def _with_store(config: Config) -> Store:
-    return await open_store(config.state_file)
+    return await open_store(config)
 
 
 async def cmd_incidents(args: argparse.Namespace, config: Config) -> int:
@@ -340,7 +340,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config, playbooks = load_for_check(args.config)
     playbooks = with_adhoc_playbooks(playbooks)
     print(f"config OK: {args.config}")
-    print(f"  targets: {len(config.targets)}; state file: {config.state_file}")
+    print(f"  targets: {len(config.targets)}; state: {config.state_location}")
     print(f"  protected patterns: {', '.join(config.protected_patterns)}")
     print(f"  playbooks ({len(playbooks)}) from {config.playbooks}:")
     for pb in playbooks.playbooks:
@@ -367,7 +367,7 @@ def cmd_serve(args: argparse.Namespace, config: Config, playbooks: PlaybookSet) 
     app = create_app(config, playbooks=playbooks, notifier=notifier, slack=slack)
     print(
         f"remediation-bot {__version__} listening on http://{host}:{port} "
-        f"({len(playbooks)} playbooks, {len(config.targets)} targets, state {config.state_file}"
+        f"({len(playbooks)} playbooks, {len(config.targets)} targets, state {config.state_location}"
         + (f"; Slack via {slack.modes} in {config.slack.channel}" if slack else "")
         + ")",
         flush=True,

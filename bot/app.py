@@ -115,7 +115,7 @@ def create_app(
                 "ready: %d playbooks, %d targets, state in %s",
                 len(engine.playbooks),
                 len(config.targets),
-                config.state_file,
+                config.state_location,
             )
             yield
 

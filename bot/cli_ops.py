@@ -41,7 +41,7 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
 
 
 async def cmd_audit(args: argparse.Namespace, config: Config) -> int:
-    store = await open_store(config.state_file)
+    store = await open_store(config)
     try:
         entries = await store.list_audit(limit=args.limit, incident_id=args.incident)
     finally:
@@ -59,7 +59,7 @@ async def cmd_audit(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_kill_switch(args: argparse.Namespace, config: Config, actor: str) -> int:
-    store = await open_store(config.state_file)
+    store = await open_store(config)
     try:
         if args.state == "status":
             value = await store.get_setting(KILL_SWITCH)
@@ -94,7 +94,7 @@ def _line(s: BreakerStatus) -> str:
 
 
 async def cmd_breaker(args: argparse.Namespace, config: Config, actor: str) -> int:
-    store = await open_store(config.state_file)
+    store = await open_store(config)
     guard = Guardrails(config, store, Metrics())
     try:
         if args.action == "reset":

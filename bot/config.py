@@ -7,11 +7,14 @@ The minimal file is just a list of targets::
         url: redis://127.0.0.1:6379/0
 
 Everything else has a default: the bundled ``playbooks/``, a SQLite state file beside the config,
-and protected key patterns that always include BullMQ's ``bull:*``.
+and protected key patterns that always include BullMQ's ``bull:*``. Several replicas share a
+PostgreSQL database instead: ``database_url: postgresql://bot@db:5432/bot`` (or the environment's
+``BOT_DATABASE_URL``), see :func:`database_url_problem`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -285,12 +288,54 @@ class PrometheusConfig(StrictModel):
         return v
 
 
+DATABASE_URL_VAR = "BOT_DATABASE_URL"
+"""Overrides ``database_url`` of the file (a Kubernetes Secret, one image for every environment)."""
+_PG_SCHEMES = ("postgresql", "postgres")
+
+
+def database_url_problem(url: str) -> str | None:
+    """What is wrong with a ``database_url``, or None. Two forms:
+
+    - ``sqlite://PATH``: the embedded store in one file (``sqlite:///var/lib/bot/state.sqlite3``;
+      a relative path is taken from the config file's folder). Same as ``state_file: PATH``.
+    - ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=...]``: shared by replicas. Keep
+      the password out of the file: ``${PGPASSWORD}`` (URL-encoded if it has ``@:/?#``), or leave it
+      out and set ``PGPASSWORD`` in the environment.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "expected sqlite://PATH or postgresql://USER@HOST:PORT/DATABASE"
+    if scheme == "sqlite":
+        return (
+            None if rest.strip() else "sqlite:// needs a file path, e.g. sqlite:///var/lib/bot/state.sqlite3"
+        )
+    if scheme not in _PG_SCHEMES:
+        return f"unknown scheme {scheme!r}: expected sqlite:// or postgresql://"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"invalid URL: {exc}"
+    if not parts.hostname:
+        return "postgresql:// needs a host, e.g. postgresql://bot@db:5432/bot"
+    if port == 0:
+        return "invalid port 0"
+    if not parts.path.strip("/"):
+        return "postgresql:// needs a database name, e.g. postgresql://bot@db:5432/bot"
+    return None
+
+
 class Config(StrictModel):
     """The whole bot configuration. Build it with :func:`load_config`, which reports every problem."""
 
     targets: list[TargetConfig] = Field(min_length=1)
     playbooks: Path = BUNDLED_PLAYBOOKS
     state_file: Path = Path("remediation-bot.sqlite3")
+    database_url: str | None = Field(
+        default=None,
+        description="sqlite://PATH or postgresql://USER@HOST:PORT/DB (env BOT_DATABASE_URL overrides); "
+        "unset: the SQLite state_file.",
+    )
     protected_patterns: list[str] = Field(default_factory=list)
     server: ServerConfig = ServerConfig()
     runner: RunnerConfig = RunnerConfig()
@@ -300,6 +345,30 @@ class Config(StrictModel):
     prometheus: PrometheusConfig | None = None
     scheduler: SchedulerConfig = SchedulerConfig()
     source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        if v is not None and (problem := database_url_problem(v)):
+            raise ValueError(problem)
+        return v
+
+    @property
+    def backend(self) -> str:
+        """``postgres`` when ``database_url`` names a PostgreSQL database, else ``sqlite``."""
+        url = self.database_url or ""
+        return "postgres" if url.partition("://")[0] in _PG_SCHEMES else "sqlite"
+
+    @property
+    def state_location(self) -> str:
+        """Where the state is, for messages: the database URL without its password, or the file."""
+        if self.backend != "postgres" or not self.database_url:
+            return str(self.state_file)
+        parts = urlsplit(self.database_url)
+        if parts.password is None:
+            return self.database_url
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
     @field_validator("protected_patterns")
     @classmethod
@@ -341,6 +410,15 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
         raise ConfigError([Problem(file, "", "expected a mapping at the top level (targets: ...)")])
     data: dict[str, Any] = interpolate_env(raw, file, problems, env=env)
     base = path.resolve().parent
+    override = (os.environ if env is None else env).get(DATABASE_URL_VAR, "").strip()
+    if override:
+        if problem := database_url_problem(override):
+            problems.append(Problem(file, DATABASE_URL_VAR, f"(environment) {problem}"))
+        else:
+            data["database_url"] = override
+    url = data.get("database_url")
+    if isinstance(url, str) and url.startswith("sqlite://") and url.removeprefix("sqlite://").strip():
+        data["state_file"] = url.removeprefix("sqlite://")  # the SQLite shorthand is the same thing
     for key in ("playbooks", "state_file"):
         if isinstance(data.get(key), str):
             data[key] = base / data[key]

@@ -82,7 +82,7 @@ class Engine:
         return self._runner is not None
 
     async def start(self) -> Engine:
-        self._store = await open_store(self.config.state_file)
+        self._store = await open_store(self.config)
         try:
             self.pool = TargetPool(self.config, self.ad_hoc_targets)
             self.prometheus = prometheus_client(self.config, self.metrics)

@@ -209,3 +209,8 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+# -- PostgreSQL: a real server per session, and the store contract on both backends ---------------
+
+from tests.pg import backend, database_line, database_url, pg_server, pg_url, store  # noqa: E402, F401

@@ -1,4 +1,8 @@
-"""POST /alerts: status codes, persistence before 200, dedupe (also concurrent), resolved updates."""
+"""POST /alerts: status codes, persistence before 200, dedupe (also concurrent), resolved updates.
+
+The service tests run on both backends (``client`` takes the parametrised ``database_line`` of
+``tests/pg.py``); the group-commit tests at the end are about the SQLite store's own mechanism.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from hypothesis import strategies as st
 from bot.app import STORE, create_app
 from bot.config import Config, load_config
 from bot.incidents import IncidentState
-from bot.store import SQLiteStore, Store
+from bot.store import SQLiteStore, Store, open_store
 from tests.conftest import RecordingNotifier, alert_payload, load_fixture_payloads, wait_for, write_config
 
 TOKEN = "s3cret-token"
@@ -25,7 +29,16 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, config: Config) -> TestClient:
+async def client(aiohttp_client: Any, config_path: Path, database_line: str) -> TestClient:
+    """The service on SQLite, then on PostgreSQL (the ``database_url`` line of the config)."""
+    config_path.write_text(config_path.read_text() + database_line)
+    app = create_app(load_config(config_path), notifier=RecordingNotifier(), webhook_token=TOKEN)
+    return await aiohttp_client(app)
+
+
+@pytest.fixture
+async def sqlite_client(aiohttp_client: Any, config: Config) -> TestClient:
+    """The service on the default SQLite store, for tests that reach into that store."""
     app = create_app(config, notifier=RecordingNotifier(), webhook_token=TOKEN)
     return await aiohttp_client(app)
 
@@ -46,12 +59,12 @@ async def test_real_alertmanager_payloads_are_accepted(client: TestClient) -> No
     assert by_name["RedisDown"].labels["instance"] == "127.0.0.1:9121"
 
 
-async def test_answer_comes_after_persisting(client: TestClient) -> None:
+async def test_answer_comes_after_persisting(client: TestClient, database_url: str) -> None:
     resp = await client.post("/alerts", json=alert_payload("RedisHitRateLow"), headers=AUTH)
     body = await resp.json()
     assert resp.status == 200 and body["accepted"] == 1 and len(body["new_incidents"]) == 1
-    # A separate connection to the file sees the incident at once: it was committed before the answer.
-    other = await SQLiteStore(client.app[STORE].path).open()
+    # A separate connection to the store sees the incident at once: it was committed before the answer.
+    other = await open_store(database_url)
     try:
         inc = await other.get_incident(body["new_incidents"][0], steps=False)
         assert inc.alertname == "RedisHitRateLow"
@@ -171,7 +184,9 @@ async def test_oversized_body_gets_413(client: TestClient) -> None:
     assert resp.status == 413
 
 
-async def test_store_failure_gets_503_so_alertmanager_retries(client: TestClient) -> None:
+async def test_store_failure_gets_503_so_alertmanager_retries(sqlite_client: TestClient) -> None:
+    """(PostgreSQL down: ``tests/test_store_contract.py``.)"""
+    client = sqlite_client
     store = client.app[STORE]
     conn = store._conn
     assert conn is not None

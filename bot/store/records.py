@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pydantic_core
 
@@ -91,8 +91,15 @@ def owner_alive(owner: str | None) -> bool:
     return True
 
 
-def incident_of(row: sqlite3.Row) -> Incident:
-    keys = row.keys()
+class Row(Protocol):
+    """A database row by column name: ``sqlite3.Row`` and ``asyncpg.Record`` both are one."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+    def keys(self) -> Iterable[str]: ...
+
+
+def incident_of(row: Row) -> Incident:
+    keys = set(row.keys())
     return Incident(
         id=row["id"],
         fingerprint=row["fingerprint"],
@@ -120,7 +127,7 @@ def incident_of(row: sqlite3.Row) -> Incident:
     )
 
 
-def step_run_of(r: sqlite3.Row) -> StepRun:
+def step_run_of(r: Row) -> StepRun:
     fin = r["finished_at"]
     return StepRun(
         id=r["id"],
@@ -142,7 +149,7 @@ def step_run_of(r: sqlite3.Row) -> StepRun:
     )
 
 
-def approval_of(r: sqlite3.Row) -> Approval:
+def approval_of(r: Row) -> Approval:
     return Approval(
         id=r["id"],
         incident_id=r["incident_id"],

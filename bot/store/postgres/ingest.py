@@ -1,0 +1,300 @@
+"""Alert ingest on PostgreSQL: one notification, one transaction, answered after COMMIT.
+
+Same rules as :mod:`bot.store.sqlite_ingest`, for any number of replicas at once:
+
+- One incident per (fingerprint, startsAt): the unique key ``incidents_alert_once`` and
+  ``INSERT ... ON CONFLICT DO NOTHING RETURNING``. A re-delivery that reaches another replica while
+  the first is still in its transaction waits for it on the key, then finds the row and is a no-op.
+- A notification's firing alerts are ONE ``INSERT ... SELECT FROM unnest(...)`` and its audit
+  records one more, whatever the number of alerts: round trips, not rows, cost time here.
+- Alert storms: a new alert of the same playbook on the same target as an open incident joins it
+  (``merged``, the parent's ``alert_count`` grows). Two replicas ingesting such alerts at once would
+  each miss the other's uncommitted incident and open two, so the transaction first takes an
+  advisory lock per (playbook, target) it may join (sorted, so two notifications cannot deadlock):
+  the second waits, then sees the first's incident and joins it.
+- A resolved alert closes its incident and cancels its pending approval in the same transaction.
+
+No group commit (as on SQLite): the pool runs notifications in parallel, each on its own
+connection, and the server commits them together on its own; see the README's design notes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import pydantic_core
+
+from bot import lifecycle
+from bot.incidents import ApprovalState, IncidentState, StepStatus
+from bot.lifecycle import Event
+from bot.store.postgres.base import Conn, storable
+from bot.store.postgres.moves import MovesMixin
+from bot.store.postgres.reads import OPEN_STATES
+from bot.store.postgres.schema import JOIN_LOCK_NAMESPACE
+from bot.store.records import IngestItem, IngestResult, approval_of, strings_json
+
+_NEW, _UNMATCHED, _MERGED = IncidentState.NEW.value, IncidentState.UNMATCHED.value, IncidentState.MERGED.value
+
+_LOCK_JOINS = (
+    "SELECT pg_advisory_xact_lock($1, h) FROM"
+    " (SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k ORDER BY 1) AS keys"
+)
+_INSERT_FIRING = (
+    "INSERT INTO incidents (fingerprint, starts_at, alertname, alert_status, state, playbook, target,"
+    " target_index, labels, annotations, note, source, created_at, updated_at)"
+    " SELECT f, s, a, 'firing', st, p, t, ti, l, an, n, src, $12, $12"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],"
+    " $8::text[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY AS u(f, s, a, st, p, t, ti, l, an, n, src, o)"
+    " ORDER BY o ON CONFLICT ON CONSTRAINT incidents_alert_once DO NOTHING RETURNING id, fingerprint, starts_at"
+)
+_INSERT_AUDIT = (
+    "INSERT INTO audit (ts, kind, incident_id, actor, target, plan_hash, detail)"
+    " SELECT $1, k, i, a, t, p, d FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],"
+    " $7::text[]) WITH ORDINALITY AS u(k, i, a, t, p, d, o) ORDER BY o"
+)
+
+Audit = tuple[str, int | None, str | None, str | None, str | None, str]
+"""An audit row of the notification: kind, incident, actor, target, plan hash, detail (JSON)."""
+
+
+def _resolved_state(current: str) -> str:
+    """Unmatched and merged records keep their state: they never ran a playbook of their own."""
+    return current if current in (_UNMATCHED, _MERGED) else IncidentState.RESOLVED.value
+
+
+def _joins(it: IngestItem) -> bool:
+    return it.alert.status == "firing" and bool(it.playbook and it.target) and not it.refused
+
+
+def _received(it: IngestItem, inc_id: int | None, duplicate: bool, starts: str | None = None) -> Audit:
+    a = it.alert
+    detail = {
+        "alertname": a.alertname,
+        "status": a.status,
+        "fingerprint": a.fingerprint,
+        "starts_at": starts or a.starts_key,
+        "duplicate": duplicate,
+    }
+    if it.refused:
+        detail["refused"] = it.note
+    return ("alert.received", inc_id, it.source, it.target, None, pydantic_core.to_json(detail).decode())
+
+
+class IngestMixin(MovesMixin):
+    async def ingest(self, items: Sequence[IngestItem]) -> IngestResult:
+        """Persist a notification's alerts atomically; repeats of a known alert are no-ops.
+
+        Returns once the alerts are committed; raises :class:`~bot.errors.StoreError` when they
+        could not be (the webhook answers 503 and Alertmanager sends them again).
+        """
+        join_keys = sorted({f"{it.playbook}\n{it.target}" for it in items if _joins(it)})
+
+        async def run(conn: Conn) -> IngestResult:
+            if join_keys:
+                await conn.execute(_LOCK_JOINS, JOIN_LOCK_NAMESPACE, join_keys)
+            return await self._ingest_items(conn, items, time.time())
+
+        result = await self._write(run)
+        self.ingest_transactions += 1
+        return result
+
+    async def _ingest_items(self, conn: Conn, items: Sequence[IngestItem], now: float) -> IngestResult:
+        """Exactly as if each alert were applied on its own, in order: a firing alert opens an
+        incident unless one exists for its (fingerprint, startsAt); a resolved one closes it."""
+        result = IngestResult()
+        audit: list[Audit] = []
+        run: list[IngestItem] = []
+
+        async def flush_run() -> None:
+            if not run:
+                return
+            ids = await self._insert_firing(conn, run, now, audit)
+            merged = await self._join_open(conn, run, ids, result)
+            for it, inc_id in zip(run, ids, strict=True):
+                if inc_id is None:
+                    result.duplicates += 1
+                elif it.refused:
+                    result.refused.append(inc_id)
+                elif inc_id not in merged and it.playbook and it.target:
+                    result.new.append(inc_id)
+                    result.targets[inc_id] = it.target
+            run.clear()
+
+        for it in items:
+            if it.alert.status == "firing":
+                run.append(it)
+            else:
+                await flush_run()
+                inc_id, duplicate = await self._resolve_alert(conn, it, now, result)
+                audit.append(_received(it, inc_id, duplicate))
+        await flush_run()
+        if audit:
+            columns = list(zip(*audit, strict=True))
+            await conn.execute(_INSERT_AUDIT, now, *(list(c) for c in columns))
+        return result
+
+    @staticmethod
+    async def _insert_firing(
+        conn: Conn, items: list[IngestItem], now: float, audit: list[Audit]
+    ) -> list[int | None]:
+        """Open incidents for firing alerts: the new incident's id per alert, None for a known one."""
+        starts = [it.alert.starts_key for it in items]
+        rows = await conn.fetch(
+            _INSERT_FIRING,
+            [it.alert.fingerprint for it in items],
+            starts,
+            [it.alert.alertname for it in items],
+            [_NEW if it.playbook and it.target else _UNMATCHED for it in items],
+            [it.playbook for it in items],
+            [it.target for it in items],
+            [it.target_index for it in items],
+            [strings_json(it.alert.labels) for it in items],
+            [strings_json(it.alert.annotations) for it in items],
+            [it.note for it in items],
+            [it.source for it in items],
+            now,
+        )
+        ids: dict[tuple[str, str], int] = {(r["fingerprint"], r["starts_at"]): int(r["id"]) for r in rows}
+        # The first alert with a key got the row; later ones in the same notification repeat it.
+        out = [
+            ids.pop((storable(it.alert.fingerprint), s), None) for it, s in zip(items, starts, strict=True)
+        ]
+        audit.extend(
+            _received(it, inc_id, inc_id is None, s) for it, inc_id, s in zip(items, out, starts, strict=True)
+        )
+        # A label that pointed a target outside its allowed addresses gets a record of its own:
+        # it is either a misconfiguration or an attack, and both deserve to be found in the audit.
+        audit.extend(
+            ("target.refused", inc_id, it.source, None, None, strings_json({"reason": it.note}))
+            for it, inc_id in zip(items, out, strict=True)
+            if it.refused and inc_id is not None
+        )
+        return out
+
+    @staticmethod
+    async def _join_open(
+        conn: Conn, run: Sequence[IngestItem], ids: Sequence[int | None], result: IngestResult
+    ) -> set[int]:
+        """Alert storms: new incidents of a (playbook, target) that already has an open incident (or
+        several new ones in this run) join the oldest as ``merged``; returns the ids that joined.
+
+        One indexed look-up per distinct (playbook, target), under that pair's advisory lock (taken
+        at the start of the transaction). The parent is locked too, so a runner finishing it at the
+        same moment is seen: an incident that is no longer open absorbs nothing. Dry runs never
+        absorb real alerts.
+        """
+        groups: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
+        for it, inc_id in zip(run, ids, strict=True):
+            if inc_id is not None and it.playbook and it.target and not it.refused:
+                groups[(it.playbook, it.target)].append(inc_id)
+        joined: set[int] = set()
+        for (playbook, target), new in groups.items():
+            parent = await conn.fetchval(
+                "SELECT id FROM incidents WHERE target = $1 AND playbook = $2 AND state = ANY($3::text[])"
+                " AND NOT dry_run AND NOT (id = ANY($4::bigint[])) ORDER BY id LIMIT 1 FOR UPDATE",
+                target,
+                playbook,
+                OPEN_STATES,
+                new,
+            )
+            parent = int(parent) if parent is not None else min(new)
+            joiners = [i for i in new if i != parent]
+            if not joiners:
+                continue
+            for _ in joiners:
+                lifecycle.move("incident", Event.OPEN, None, _MERGED)
+            await conn.execute(
+                "UPDATE incidents SET state = 'merged', merged_into = $1, note = $2 WHERE id = ANY($3::bigint[])",
+                parent,
+                f"joined incident #{parent} (same playbook and target)",
+                joiners,
+            )
+            await conn.execute(
+                "UPDATE incidents SET alert_count = alert_count + $1 WHERE id = $2", len(joiners), parent
+            )
+            result.merged[parent] = result.merged.get(parent, 0) + len(joiners)
+            joined.update(joiners)
+        return joined
+
+    async def _cancel_pending(self, conn: Conn, incident_id: int, result: IngestResult) -> None:
+        """The lifecycle's ``resolve`` for approvals: a pending one is cancelled with its step run."""
+        for row in await conn.fetch(
+            "SELECT * FROM approvals WHERE incident_id = $1 AND state = 'pending' ORDER BY id FOR UPDATE",
+            incident_id,
+        ):
+            ap = approval_of(row)
+            now = time.time()
+            await self._move_approval(
+                conn, Event.RESOLVE, ap, ApprovalState.CANCELLED, decided_by="alert resolved", decided_at=now
+            )
+            step = await conn.fetchval(
+                "SELECT status FROM step_runs WHERE id = $1 FOR UPDATE", ap.step_run_id
+            )
+            status = lifecycle.move("step", Event.RESOLVE, step, StepStatus.CANCELLED, ap.step_run_id)
+            await conn.execute(
+                "UPDATE step_runs SET status = $1, summary = 'cancelled: the alert resolved', finished_at = $2"
+                " WHERE id = $3",
+                status,
+                now,
+                ap.step_run_id,
+            )
+            await self._audit(
+                conn,
+                "approval.cancelled",
+                incident_id=incident_id,
+                actor="alert resolved",
+                plan_hash=ap.plan_hash,
+                detail={"approval_id": ap.id, "reason": "the alert resolved"},
+            )
+            result.cancelled.append(ap.id)
+
+    async def _resolve_alert(
+        self, conn: Conn, it: IngestItem, now: float, result: IngestResult
+    ) -> tuple[int | None, bool]:
+        """A resolved alert: close its incident (or record one that was never seen firing)."""
+        a = it.alert
+        ends = a.ends_at.isoformat() if a.ends_at else None
+        find = "SELECT id, alert_status, state FROM incidents WHERE fingerprint = $1 AND starts_at = $2 FOR UPDATE"
+        row: Any = await conn.fetchrow(find, a.fingerprint, a.starts_key)
+        if row is None:
+            inc_id = await conn.fetchval(
+                "INSERT INTO incidents (fingerprint, starts_at, alertname, alert_status, state, playbook,"
+                " target, target_index, labels, annotations, note, source, created_at, updated_at, ends_at)"
+                " VALUES ($1,$2,$3,'resolved',$4,$5,$6,$7,$8,$9,'resolved before the bot saw it firing',$10,$11,$11,$12)"
+                " ON CONFLICT ON CONSTRAINT incidents_alert_once DO NOTHING RETURNING id",
+                a.fingerprint,
+                a.starts_key,
+                a.alertname,
+                IncidentState.RESOLVED.value,
+                it.playbook,
+                it.target,
+                it.target_index,
+                strings_json(a.labels),
+                strings_json(a.annotations),
+                it.source,
+                now,
+                ends,
+            )
+            if inc_id is not None:
+                return int(inc_id), False
+            # Another replica stored this alert firing meanwhile (we waited for it on the key).
+            row = await conn.fetchrow(find, a.fingerprint, a.starts_key)
+        if row["alert_status"] == "resolved":
+            result.duplicates += 1
+            return int(row["id"]), True
+        state = lifecycle.move(
+            "incident", Event.RESOLVE, row["state"], _resolved_state(row["state"]), row["id"]
+        )
+        await conn.execute(
+            "UPDATE incidents SET alert_status = 'resolved', ends_at = $1, updated_at = $2, state = $3 WHERE id = $4",
+            ends,
+            now,
+            state,
+            row["id"],
+        )
+        await self._cancel_pending(conn, int(row["id"]), result)
+        result.resolved.append(int(row["id"]))
+        return int(row["id"]), False

@@ -1,0 +1,427 @@
+"""The store contract, on both backends: what the engine relies on whichever store it runs on.
+
+Every test here takes the parametrised ``store`` (or ``database_url``) fixture of ``tests/pg.py`` and
+runs once on SQLite and once on a real PostgreSQL. Races are real: concurrent calls go through two
+stores opened on the same database (two "replicas"; on SQLite two connections to one file), so the
+compare-and-sets are checked across connections, not inside one. PostgreSQL-only guarantees
+(migrations racing, the database going away) are at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from bot.alerts import Alert
+from bot.errors import AlreadyDecided, DecisionConflict, StoreError
+from bot.incidents import Approval, ApprovalState, Decision, IncidentState, StepStatus
+from bot.localpg import PostgresServer
+from bot.store import IngestItem, StepResult, Store, open_store
+from bot.store.postgres import PostgresStore
+from bot.store.postgres.schema import MIGRATIONS
+from tests.conftest import alert_payload, wait_for
+
+TARGET = "cache"
+A, I, S = ApprovalState, IncidentState, StepStatus  # noqa: E741
+
+
+def item(
+    fp: str, status: str = "firing", *, playbook: str | None = "evict", target: str | None = TARGET
+) -> IngestItem:
+    raw = alert_payload("RedisMemoryHigh", status, fingerprint=fp)["alerts"][0]
+    return IngestItem(Alert.model_validate(raw), playbook, target, 0 if target else None)
+
+
+def decision(who: str) -> Decision:
+    return Decision(who=who, at="2026-01-01T00:00:00Z", approve=True, identity=f"slack:{who}")
+
+
+async def waiting(store: Store, fp: str = "fp-1", required: int = 1) -> Approval:
+    """An incident of its own waiting for approval of a mutating step."""
+    (inc_id,) = (await store.ingest([item(fp, target=f"{TARGET}-{fp}")])).new
+    assert await store.begin(inc_id)
+    run_id = await store.start_step(inc_id, 1, "evict", "redis.evict", True)
+    return await store.request_approval(
+        inc_id, run_id, step_id="evict", step_index=1, step_type="redis.evict", plan={"action": "evict"},
+        plan_hash="h-1", summary="evict agent:*", required=required, ttl=600, target=TARGET,
+    )  # fmt: skip
+
+
+async def approve(store: Store, ap: Approval, who: str = "alice") -> Approval:
+    return await store.decide(
+        ap.id, who=who, approve=True, seen=len(ap.decisions), decisions=[*ap.decisions, decision(who)],
+        state=A.APPROVED, decided_by=who, approvers=[who], target=TARGET,
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def other(database_url: str) -> AsyncIterator[Store]:
+    """A second store on the same database: another replica (or, on SQLite, another process)."""
+    s = await open_store(database_url)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def kinds(store: Store, incident_id: int | None = None) -> list[str]:
+    return [e.kind for e in await store.list_audit(limit=1000, incident_id=incident_id)]
+
+
+# -- ingest ----------------------------------------------------------------------------------------
+
+
+async def test_20_concurrent_deliveries_of_one_alert_make_one_incident(store: Store, other: Store) -> None:
+    """Alertmanager re-sends; behind a Service the repeats land on different replicas at once."""
+    results = await asyncio.gather(*((store, other)[i % 2].ingest([item("dup")]) for i in range(20)))
+    assert sum(len(r.new) for r in results) == 1
+    assert sum(r.duplicates for r in results) == 19
+    assert len(await store.list_incidents(steps=False)) == 1
+    received = [e for e in await store.list_audit() if e.kind == "alert.received"]
+    assert len(received) == 20 and sum(e.detail["duplicate"] for e in received) == 19
+
+
+async def test_a_notification_is_stored_whole_with_repeats_and_resolutions_in_order(store: Store) -> None:
+    first = await store.ingest([item("a", target="t-a"), item("a", target="t-a"), item("b", target="t-b")])
+    assert len(first.new) == 2 and first.duplicates == 1
+    second = await store.ingest(
+        [item("b", "resolved", target="t-b"), item("c", target="t-c"), item("z", "resolved")]
+    )
+    assert second.resolved == [first.new[1]] and len(second.new) == 1 and second.duplicates == 0
+    incs = {i.fingerprint: i for i in await store.list_incidents(steps=False)}
+    assert incs["b"].status == I.RESOLVED and incs["b"].alert_status == "resolved"
+    assert incs["z"].status == I.RESOLVED and incs["z"].note == "resolved before the bot saw it firing"
+    assert (await store.ingest([item("b", "resolved", target="t-b")])).duplicates == 1
+    unmatched = await store.ingest([item("u", playbook=None, target=None)])
+    assert unmatched.new == [] and (await store.list_incidents(limit=1, steps=False))[0].status == I.UNMATCHED
+
+
+async def test_alerts_of_one_playbook_and_target_join_the_open_incident(store: Store) -> None:
+    (parent,) = (await store.ingest([item("s1")])).new
+    more = await store.ingest([item("s2"), item("s3")])
+    assert more.new == [] and more.merged == {parent: 2}
+    inc = await store.get_incident(parent, steps=False)
+    assert inc.alert_count == 3 and inc.status == I.NEW
+    merged = [i for i in await store.list_incidents(steps=False) if i.status == I.MERGED]
+    assert sorted(i.fingerprint for i in merged) == ["s2", "s3"] and {i.merged_into for i in merged} == {
+        parent
+    }
+    assert (await store.ingest([item("other", target="elsewhere")])).new, "another target opens its own"
+
+
+async def test_a_storm_spread_over_replicas_opens_one_incident(store: Store, other: Store) -> None:
+    """10 distinct alerts for one playbook and target, ingested at once through two stores: exactly
+    one incident runs, the nine others joined it (PostgreSQL: the advisory lock per pair). Five
+    rounds, each on its own target, so the race has its chances."""
+    for round_ in range(5):
+        target = f"storm-{round_}"
+        results = await asyncio.gather(
+            *((store, other)[i % 2].ingest([item(f"storm{round_}-{i}", target=target)]) for i in range(10))
+        )
+        new = [n for r in results for n in r.new]
+        assert len(new) == 1, (round_, results)
+        assert sum(sum(r.merged.values()) for r in results) == 9
+        assert (await store.get_incident(new[0], steps=False)).alert_count == 10
+    assert sum(i.status == I.MERGED for i in await store.list_incidents(limit=100, steps=False)) == 45
+
+
+async def test_a_resolved_alert_cancels_its_pending_approval(store: Store) -> None:
+    ap = await waiting(store, "r1")
+    result = await store.ingest([item("r1", "resolved", target=f"{TARGET}-r1")])
+    assert result.resolved == [ap.incident_id] and result.cancelled == [ap.id]
+    assert (await store.get_approval(ap.id)).state == A.CANCELLED
+    inc = await store.get_incident(ap.incident_id)
+    assert inc.status == I.RESOLVED and inc.pending_step is None
+    assert next(s for s in inc.steps if s.id == ap.step_run_id).status == S.CANCELLED
+    assert "approval.cancelled" in await kinds(store, ap.incident_id)
+
+
+async def test_text_with_nul_is_stored_and_still_deduplicated(store: Store) -> None:
+    """Labels and Redis key names may hold NUL, which PostgreSQL text cannot: stored as U+FFFD there
+    (kept on SQLite), never a 503 that Alertmanager would retry forever."""
+    raw = alert_payload("Redis\x00Down", fingerprint="f\x00p", labels={"x": "a\x00b"})["alerts"][0]
+    nul = IngestItem(Alert.model_validate(raw), "evict", TARGET, 0, note="n\x00")
+    (inc_id,) = (await store.ingest([nul])).new
+    assert (await store.ingest([nul])).duplicates == 1
+    assert await store.begin(inc_id)
+    run_id = await store.start_step(inc_id, 0, "memory", "redis.info", False)
+    await store.finish_step(run_id, StepResult(S.OK, "big key agent:\x00x", details="\x00"), next_step=1)
+    inc = await store.get_incident(inc_id)
+    assert inc.fingerprint.replace("\ufffd", "\x00") == "f\x00p" and inc.labels["x"] == "a\x00b"
+    assert inc.steps[0].summary.replace("\ufffd", "\x00") == "big key agent:\x00x"
+
+
+# -- decisions and execution -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("required", [1, 2])
+async def test_two_concurrent_deciders_one_wins(store: Store, other: Store, required: int) -> None:
+    """A compare-and-set on the decisions seen: the loser is told (conflict, or already decided)."""
+    ap = await waiting(store, "d1", required=required)
+    state = A.APPROVED if required == 1 else A.PENDING
+
+    async def decide(s: Store, who: str) -> Approval:
+        return await s.decide(
+            ap.id, who=who, approve=True, seen=0, decisions=[decision(who)], state=state,
+            decided_by=who if state == A.APPROVED else None, approvers=[who], target=TARGET,
+        )  # fmt: skip
+
+    outcomes = await asyncio.gather(decide(store, "alice"), decide(other, "bob"), return_exceptions=True)
+    won = [o for o in outcomes if isinstance(o, Approval)]
+    lost = [o for o in outcomes if not isinstance(o, Approval)]
+    assert len(won) == 1 and len(lost) == 1, outcomes
+    assert isinstance(lost[0], AlreadyDecided if required == 1 else DecisionConflict), lost
+    final = await store.get_approval(ap.id)
+    assert final.state == state and len(final.decisions) == 1
+    assert (await kinds(store, ap.incident_id)).count("approval.decided") == 1
+
+
+async def test_an_approval_is_claimed_once_by_10_concurrent_claimers(store: Store, other: Store) -> None:
+    ap = await approve(store, await waiting(store, "c1"))
+    claims = await asyncio.gather(
+        *((store, other)[i % 2].claim(ap.id, summary="go", actor=f"p{i}", target=TARGET) for i in range(10))
+    )
+    winners = [c for c in claims if c is not None]
+    assert len(winners) == 1, claims
+    assert (await store.get_approval(ap.id)).state == A.EXECUTING
+    inc = await store.get_incident(ap.incident_id)
+    assert [s.status for s in inc.steps if s.mutating and s.id != ap.step_run_id] == [S.RUNNING]
+    run = await store.executed(
+        ap.id, winners[0], StepResult(S.OK, "evicted 10 keys"), ok=True, incident_state=I.REMEDIATING,
+        note=None, next_step=2, actor="alice", target=TARGET, detail={"keys_affected": 10},
+    )  # fmt: skip
+    assert run.status == S.OK and (await store.get_approval(ap.id)).state == A.EXECUTED
+    assert await store.claim(ap.id, summary="again", actor="eve", target=TARGET) is None
+    assert await store.action_history(TARGET, 0) == (1, 0)
+
+
+async def test_no_claim_once_the_alert_resolved(store: Store) -> None:
+    ap = await approve(store, await waiting(store, "c2"))
+    await store.ingest([item("c2", "resolved", target=f"{TARGET}-c2")])
+    assert await store.claim(ap.id, summary="go", actor="alice", target=TARGET) is None
+
+
+async def test_expire_and_cancel_happen_once_and_only_from_the_right_state(
+    store: Store, other: Store
+) -> None:
+    ap = await waiting(store, "e1")
+    expired = await asyncio.gather(*((store, other)[i % 2].expire(ap.id) for i in range(6)))
+    assert sum(e is not None for e in expired) == 1
+    assert await store.cancel(ap.id, "late", incident_state=None) is None, "expired is final"
+    assert (await store.get_incident(ap.incident_id, steps=False)).status == I.DIAGNOSED
+    assert (await kinds(store, ap.incident_id)).count("approval.expired") == 1
+
+    ap2 = await waiting(store, "e2")
+    cancels = await asyncio.gather(
+        *((store, other)[i % 2].cancel(ap2.id, "refused", incident_state=I.ESCALATED) for i in range(6))
+    )
+    assert sum(c is not None for c in cancels) == 1
+    assert await store.expire(ap2.id) is None
+    assert (await store.get_approval(ap2.id)).state == A.CANCELLED
+    assert (await store.get_incident(ap2.incident_id, steps=False)).status == I.ESCALATED
+
+
+async def test_a_new_request_supersedes_the_pending_one(store: Store) -> None:
+    ap = await waiting(store, "p1")
+    await approve(store, ap)
+    await store.cancel(ap.id, "plan drifted", incident_state=I.REMEDIATING, state=A.SUPERSEDED)
+    run_id = await store.start_step(ap.incident_id, 1, "evict", "redis.evict", True)
+    again = await store.request_approval(
+        ap.incident_id, run_id, step_id="evict", step_index=1, step_type="redis.evict", plan={"a": 2},
+        plan_hash="h-2", summary="again", required=1, ttl=60, target=TARGET,
+    )  # fmt: skip
+    assert [a.id for a in await store.open_approvals(incident_id=ap.incident_id)] == [again.id]
+    assert (await store.pending_approval(ap.incident_id)) == again
+    assert (await store.latest_approval(ap.incident_id)) == again
+    assert (await store.get_approval(ap.id)).state == A.SUPERSEDED
+
+
+# -- orphans ---------------------------------------------------------------------------------------
+
+
+def _own_as(monkeypatch: pytest.MonkeyPatch, owner: str) -> None:
+    """Record ``owner`` as the process that starts and claims work, on both backends."""
+    from bot.store import sqlite_approvals, sqlite_events
+    from bot.store.postgres.base import PGBase
+
+    monkeypatch.setattr(sqlite_events, "process_owner", lambda: owner)
+    monkeypatch.setattr(sqlite_approvals, "process_owner", lambda: owner)
+    monkeypatch.setattr(PGBase, "_owner", staticmethod(lambda: owner))
+
+
+async def test_interrupt_orphans_closes_dead_work_once_and_leaves_live_work(
+    store: Store, other: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Work whose process is gone is interrupted once (two stores asking at once); an action is never
+    re-run: its approval is interrupted and the incident fails. Work of a live process stays."""
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _own_as(monkeypatch, f"{socket.gethostname()}:{alive.pid}")
+        live = await approve(store, await waiting(store, "o-live"))
+        live_run = await store.claim(live.id, summary="go", actor="alice", target=TARGET)
+        monkeypatch.undo()  # the rest is owned by this process: dead to interrupt_orphans
+        dead = await approve(store, await waiting(store, "o-dead"))
+        dead_run = await store.claim(dead.id, summary="go", actor="alice", target=TARGET)
+        assert dead_run is not None and live_run is not None
+        await store.checkpoint(dead_run, {"deleted": 7})
+        (diag,) = (await store.ingest([item("o-diag", target="t-diag")])).new
+        await store.begin(diag)
+        diag_run = await store.start_step(diag, 0, "memory", "redis.info", False)
+
+        first, second = await asyncio.gather(store.interrupt_orphans(), other.interrupt_orphans())
+        assert sorted([*first, *second]) == [dead.incident_id]
+        assert (await store.get_approval(dead.id)).state == A.INTERRUPTED
+        inc = await store.get_incident(dead.incident_id)
+        assert inc.status == I.FAILED
+        action = next(s for s in inc.steps if s.id == dead_run)
+        assert action.status == S.INTERRUPTED and action.data == {"deleted": 7}
+        audit = [
+            e for e in await store.list_audit(incident_id=dead.incident_id) if e.kind == "action.executed"
+        ]
+        assert len(audit) == 1 and audit[0].detail["interrupted"] and audit[0].detail["keys_affected"] == 7
+        assert (await store.get_step_run(diag_run)).status == S.INTERRUPTED
+        assert (await store.get_approval(live.id)).state == A.EXECUTING
+        assert (await store.get_step_run(live_run)).status == S.RUNNING
+        assert await store.action_history(f"{TARGET}-o-dead", 0) == (1, 1), "a failed action for the breaker"
+
+        alive.kill()
+        alive.wait()
+        assert await store.interrupt_orphans() == [live.incident_id]
+        assert await store.interrupt_orphans() == []
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+# -- records without state -------------------------------------------------------------------------
+
+
+async def test_settings_chat_refs_and_firing_look_up(store: Store) -> None:
+    assert await store.get_setting("kill_switch") is None
+    await store.set_setting("kill_switch", "on", actor="alice")
+    await store.set_setting("kill_switch", "on again", actor="alice")
+    assert await store.get_setting("kill_switch") == "on again"
+    await store.set_setting("kill_switch", None, actor="bob")
+    assert await store.get_setting("kill_switch") is None
+    assert (await kinds(store)).count("setting.changed") == 3
+
+    (inc_id,) = (await store.ingest([item("f1")])).new
+    await store.set_incident_chat_ref(inc_id, {"ts": "1.2"})
+    found = await store.firing_incident(TARGET, "RedisMemoryHigh")
+    assert found is not None and found.id == inc_id and found.chat_ref == {"ts": "1.2"}
+    assert await store.firing_incident(TARGET, "RedisMemoryHigh", source="health-probe") is None
+    assert await store.incidents_to_resume() == [inc_id]
+    await store.ingest([item("f1", "resolved")])
+    assert await store.firing_incident(TARGET, "RedisMemoryHigh") is None
+    await store.ping()
+
+
+async def _raw(database_url: str, sql: str) -> None:
+    """Run one statement on the database directly, as a person with the app's credentials would."""
+    if database_url.startswith("sqlite://"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite://"))
+        try:
+            conn.execute(sql)
+            conn.commit()
+        finally:
+            conn.close()
+        return
+    pg = await asyncpg.connect(database_url)
+    try:
+        await pg.execute(sql)
+    finally:
+        await pg.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["UPDATE audit SET actor = 'mallory'", "DELETE FROM audit", "TRUNCATE audit"],
+    ids=["update", "delete", "truncate"],
+)
+async def test_the_audit_trail_is_append_only_in_the_database(
+    store: Store, database_url: str, sql: str
+) -> None:
+    await store.audit("breaker.reset", actor="alice", target=TARGET)
+    if sql.startswith("TRUNCATE") and database_url.startswith("sqlite://"):
+        sql = "DELETE FROM audit"  # SQLite has no TRUNCATE
+    with pytest.raises((sqlite3.Error, asyncpg.PostgresError), match="append-only"):
+        await _raw(database_url, sql)
+    assert [(e.kind, e.actor) for e in await store.list_audit()] == [("breaker.reset", "alice")]
+
+
+# -- PostgreSQL only -------------------------------------------------------------------------------
+
+
+async def test_replicas_starting_at_once_migrate_once(pg_url: str) -> None:
+    """Four stores open a fresh database at the same moment: the advisory lock lets one migrate."""
+    stores = await asyncio.gather(*(PostgresStore(pg_url).open() for _ in range(4)))
+    try:
+        applied = sorted(s.migrations_applied for s in stores)
+        assert applied == [[], [], [], list(range(1, len(MIGRATIONS) + 1))]
+        conn = await asyncpg.connect(pg_url)
+        try:
+            versions = [r["version"] for r in await conn.fetch("SELECT version FROM schema_version")]
+        finally:
+            await conn.close()
+        assert versions == list(range(1, len(MIGRATIONS) + 1))
+        assert (await stores[1].ingest([item("m1")])).new
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+@pytest.fixture
+def own_pg(tmp_path: Path, pg_server: PostgresServer) -> Any:
+    """A PostgreSQL of this test's own, to stop and start (``pg_server`` only proves it can run)."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+async def test_database_down_is_a_store_error_and_the_store_recovers(own_pg: PostgresServer) -> None:
+    """Every call is bounded and fails as StoreError (webhook 503, /readyz not ready) while the
+    database is down; once it is back, the same store works again without being reopened."""
+    store = await PostgresStore(
+        own_pg.url, connect_timeout=1.0, acquire_timeout=1.0, command_timeout=2.0, pool_min=2
+    ).open()
+    try:
+        assert (await store.ingest([item("before")])).new
+        own_pg.stop()
+        loop = asyncio.get_running_loop()
+        for call in (store.ping(), store.ingest([item("during")]), store.get_incident(1)):
+            t0 = loop.time()
+            with pytest.raises(StoreError, match=r"state store postgresql://"):
+                await call
+            assert loop.time() - t0 < 5.0
+        own_pg.start()
+        await wait_for(lambda: _pings(store), timeout=20)
+        result = await store.ingest([item("during"), item("after")])
+        assert len(result.new) + sum(result.merged.values()) == 2
+    finally:
+        await store.close()
+
+
+async def _pings(store: Store) -> bool:
+    try:
+        await store.ping()
+    except StoreError:
+        return False
+    return True
+
+
+async def test_an_unreachable_database_fails_open_with_a_clear_error() -> None:
+    from bot.localstack import free_port
+
+    url = f"postgresql://bot:secret@127.0.0.1:{free_port()}/bot"
+    with pytest.raises(StoreError) as err:
+        await PostgresStore(url, connect_timeout=1.0).open()
+    assert "secret" not in str(err.value) and "bot:***@127.0.0.1" in str(err.value)
