@@ -110,3 +110,46 @@ def test_target_url_from_labels_for_exporter_alerts(tmp_path: Path) -> None:
         t.resolve({"instance": "exporter:9121"})
     with pytest.raises(ConfigError, match=r"templates must look like \{\{ labels.NAME \}\}"):
         load_config(write(tmp_path, "targets:\n  - url: 'redis://{{ instance }}/0'\n"))
+
+
+def test_database_url_selects_the_backend_with_the_password_from_the_environment(tmp_path: Path) -> None:
+    text = MINIMAL + "database_url: postgresql://bot:${PGPW}@db.internal:5433/bot?sslmode=require\n"
+    cfg = load_config(write(tmp_path, text), env={"PGPW": "s3cret"})
+    assert cfg.backend == "postgres"
+    assert cfg.database_url == "postgresql://bot:s3cret@db.internal:5433/bot?sslmode=require"
+    assert cfg.state_location == "postgresql://bot:***@db.internal:5433/bot?sslmode=require"
+    assert load_config(write(tmp_path, MINIMAL)).backend == "sqlite", "SQLite stays the default"
+
+
+def test_sqlite_url_is_the_state_file_shorthand(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL + "database_url: sqlite://state/bot.sqlite3\n"))
+    assert cfg.backend == "sqlite" and cfg.state_file == tmp_path / "state" / "bot.sqlite3"
+    absolute = load_config(write(tmp_path, MINIMAL + f"database_url: sqlite://{tmp_path}/abs.db\n"))
+    assert absolute.state_file == tmp_path / "abs.db"
+
+
+def test_bot_database_url_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "database_url: sqlite://x.db\n")
+    cfg = load_config(path, env={"BOT_DATABASE_URL": "postgresql://bot@pg:5432/bot"})
+    assert cfg.backend == "postgres" and cfg.database_url == "postgresql://bot@pg:5432/bot"
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={"BOT_DATABASE_URL": "mysql://x"})
+    assert [p.field for p in err.value.problems] == ["BOT_DATABASE_URL"]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://bot@db/bot", "unknown scheme 'mysql'"),
+        ("db.internal:5432", "expected sqlite://PATH or postgresql://"),
+        ("postgresql://bot@db.internal:5432", "needs a database name"),
+        ("postgresql:///bot", "needs a host"),
+        ("postgresql://bot@db.internal:99999/bot", "invalid URL"),
+        ("sqlite://", "needs a file path"),
+    ],
+)
+def test_check_reports_a_malformed_database_url(tmp_path: Path, url: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL + f"database_url: '{url}'\n"), env={})
+    (problem,) = err.value.problems
+    assert problem.field == "database_url" and message in problem.message, problem

@@ -174,7 +174,12 @@ MakeSetup = Callable[..., Setup]
 
 
 @pytest.fixture
-def make_setup(tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis) -> MakeSetup:
+def make_setup(
+    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis, database_line: str
+) -> MakeSetup:
+    """The config, on SQLite and then on PostgreSQL (``database_line``, parametrised in
+    ``tests/pg.py``): every test here runs on both stores, the CLI subprocesses included."""
+
     def make(extra: str = "") -> Setup:
         pb = tmp_path / "playbooks"
         pb.mkdir(exist_ok=True)
@@ -186,7 +191,7 @@ def make_setup(tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redi
         path = tmp_path / "bot.yaml"
         path.write_text(
             f"targets:\n  - match: {{job: redis}}\n    name: {TARGET}\n    url: {redis_server.url}\n"
-            f"playbooks: playbooks\nprotected_patterns: ['sess:*', 'bull:*']\n{extra}"
+            f"playbooks: playbooks\nprotected_patterns: ['sess:*', 'bull:*']\n{database_line}{extra}"
         )
         config = load_config(path)
         everything = [*load_playbooks(config.playbooks).playbooks, *load_playbooks(only_here).playbooks]

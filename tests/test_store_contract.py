@@ -425,3 +425,30 @@ async def test_an_unreachable_database_fails_open_with_a_clear_error() -> None:
     with pytest.raises(StoreError) as err:
         await PostgresStore(url, connect_timeout=1.0).open()
     assert "secret" not in str(err.value) and "bot:***@127.0.0.1" in str(err.value)
+
+
+async def test_the_service_answers_503_and_is_not_ready_while_the_database_is_down(
+    own_pg: PostgresServer, aiohttp_client: Any, config_path: Path
+) -> None:
+    """The webhook's 503 makes Alertmanager retry; /readyz takes the replica out of the Service.
+    Both come back by themselves when the database does."""
+    from bot.app import create_app
+    from bot.config import load_config
+    from tests.conftest import RecordingNotifier
+
+    config_path.write_text(config_path.read_text() + f"database_url: {own_pg.url}\n")
+    client = await aiohttp_client(create_app(load_config(config_path), notifier=RecordingNotifier()))
+    payload = alert_payload("RedisHitRateLow", fingerprint="down-1")
+    assert (await client.post("/alerts", json=payload)).status == 200
+    own_pg.stop()
+    assert (await client.get("/readyz")).status == 503
+    resp = await client.post("/alerts", json=alert_payload("RedisHitRateLow", fingerprint="down-2"))
+    assert resp.status == 503 and "retry" in (await resp.json())["error"]
+    own_pg.start()
+    await wait_for(lambda: _ready(client), timeout=20)
+    again = await client.post("/alerts", json=alert_payload("RedisHitRateLow", fingerprint="down-2"))
+    assert again.status == 200 and (await again.json())["accepted"] == 1
+
+
+async def _ready(client: Any) -> bool:
+    return bool((await client.get("/readyz")).status == 200)

@@ -18,10 +18,11 @@ answers 503 and ``/readyz`` fails while the database is unreachable; the pool re
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -30,7 +31,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from bot.errors import StoreError
 from bot.incidents import AuditEntry, iso
-from bot.store.postgres.schema import migrate
+from bot.store.postgres.schema import JOIN_LOCK_NAMESPACE, migrate
 from bot.store.records import dumps, process_owner
 
 T = TypeVar("T")
@@ -70,6 +71,11 @@ class Conn:
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         return await self.raw.fetchval(sql, *map(storable, args))
+
+
+def lock_key(text: str) -> int:
+    """A stable 32-bit advisory lock key for ``text`` (a collision only serialises more)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "big", signed=True)
 
 
 def one(row: asyncpg.Record | None) -> asyncpg.Record:
@@ -171,13 +177,25 @@ class PGBase:
         except _DRIVER_ERRORS as exc:
             raise self._error(exc) from exc
 
-    async def _write(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+    async def _write(self, fn: Callable[[Conn], Awaitable[T]], *, locks: Sequence[int] = ()) -> T:
         """Run ``fn`` in one transaction; retried from the start on a deadlock or serialization
-        failure (the server rolled it back whole). ``fn`` must build its result from scratch."""
+        failure (the server rolled it back whole). ``fn`` must build its result from scratch.
+
+        ``locks``: advisory lock keys (namespace :data:`JOIN_LOCK_NAMESPACE`) taken in the same round
+        trip as BEGIN, in ascending order (so two transactions cannot wait on each other for them).
+        """
+        begin = "BEGIN;" + "".join(
+            f"SELECT pg_advisory_xact_lock({JOIN_LOCK_NAMESPACE}, {int(k)});" for k in sorted(set(locks))
+        )
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                async with self._conn() as conn, conn.raw.transaction():
+                async with self._conn() as conn:
+                    # No arguments: one simple-query round trip for every statement in it. A
+                    # transaction left open by an error is rolled back when the pool takes the
+                    # connection back.
+                    await conn.raw.execute(begin)
                     result = await fn(conn)
+                    await conn.raw.execute("COMMIT")
             except _RETRIED as exc:
                 if attempt == ATTEMPTS:
                     self.write_failures += 1

@@ -30,25 +30,27 @@ import pydantic_core
 from bot import lifecycle
 from bot.incidents import ApprovalState, IncidentState, StepStatus
 from bot.lifecycle import Event
-from bot.store.postgres.base import Conn, storable
+from bot.store.postgres.base import Conn, lock_key, storable
 from bot.store.postgres.moves import MovesMixin
 from bot.store.postgres.reads import OPEN_STATES
-from bot.store.postgres.schema import JOIN_LOCK_NAMESPACE
 from bot.store.records import IngestItem, IngestResult, approval_of, strings_json
 
 _NEW, _UNMATCHED, _MERGED = IncidentState.NEW.value, IncidentState.UNMATCHED.value, IncidentState.MERGED.value
 
-_LOCK_JOINS = (
-    "SELECT pg_advisory_xact_lock($1, h) FROM"
-    " (SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k ORDER BY 1) AS keys"
-)
+# The new rows, and per row the oldest OPEN incident of its (playbook, target) that existed before
+# this statement (all parts of a statement share one snapshot: the lookup never sees the rows being
+# inserted), so a notification's firing alerts cost one round trip, storm or not.
 _INSERT_FIRING = (
-    "INSERT INTO incidents (fingerprint, starts_at, alertname, alert_status, state, playbook, target,"
-    " target_index, labels, annotations, note, source, created_at, updated_at)"
+    "WITH ins AS (INSERT INTO incidents (fingerprint, starts_at, alertname, alert_status, state, playbook,"
+    " target, target_index, labels, annotations, note, source, created_at, updated_at)"
     " SELECT f, s, a, 'firing', st, p, t, ti, l, an, n, src, $12, $12"
     " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],"
     " $8::text[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY AS u(f, s, a, st, p, t, ti, l, an, n, src, o)"
-    " ORDER BY o ON CONFLICT ON CONSTRAINT incidents_alert_once DO NOTHING RETURNING id, fingerprint, starts_at"
+    " ORDER BY o ON CONFLICT ON CONSTRAINT incidents_alert_once DO NOTHING"
+    " RETURNING id, fingerprint, starts_at, playbook, target)"
+    " SELECT ins.id, ins.fingerprint, ins.starts_at, (SELECT min(i.id) FROM incidents AS i"
+    " WHERE i.target = ins.target AND i.playbook = ins.playbook AND i.state = ANY($13::text[])"
+    " AND NOT i.dry_run) AS parent FROM ins"
 )
 _INSERT_AUDIT = (
     "INSERT INTO audit (ts, kind, incident_id, actor, target, plan_hash, detail)"
@@ -90,14 +92,12 @@ class IngestMixin(MovesMixin):
         Returns once the alerts are committed; raises :class:`~bot.errors.StoreError` when they
         could not be (the webhook answers 503 and Alertmanager sends them again).
         """
-        join_keys = sorted({f"{it.playbook}\n{it.target}" for it in items if _joins(it)})
+        locks = {lock_key(f"{it.playbook}\n{it.target}") for it in items if _joins(it)}
 
         async def run(conn: Conn) -> IngestResult:
-            if join_keys:
-                await conn.execute(_LOCK_JOINS, JOIN_LOCK_NAMESPACE, join_keys)
             return await self._ingest_items(conn, items, time.time())
 
-        result = await self._write(run)
+        result = await self._write(run, locks=sorted(locks))
         self.ingest_transactions += 1
         return result
 
@@ -111,8 +111,8 @@ class IngestMixin(MovesMixin):
         async def flush_run() -> None:
             if not run:
                 return
-            ids = await self._insert_firing(conn, run, now, audit)
-            merged = await self._join_open(conn, run, ids, result)
+            ids, parents = await self._insert_firing(conn, run, now, audit)
+            merged = await self._join_open(conn, run, ids, parents, result)
             for it, inc_id in zip(run, ids, strict=True):
                 if inc_id is None:
                     result.duplicates += 1
@@ -139,8 +139,9 @@ class IngestMixin(MovesMixin):
     @staticmethod
     async def _insert_firing(
         conn: Conn, items: list[IngestItem], now: float, audit: list[Audit]
-    ) -> list[int | None]:
-        """Open incidents for firing alerts: the new incident's id per alert, None for a known one."""
+    ) -> tuple[list[int | None], dict[int, int]]:
+        """Open incidents for firing alerts: the new incident's id per alert (None for a known one),
+        and new id -> the open incident of its (playbook, target) that existed before, if any."""
         starts = [it.alert.starts_key for it in items]
         rows = await conn.fetch(
             _INSERT_FIRING,
@@ -156,7 +157,9 @@ class IngestMixin(MovesMixin):
             [it.note for it in items],
             [it.source for it in items],
             now,
+            OPEN_STATES,
         )
+        parents = {int(r["id"]): int(r["parent"]) for r in rows if r["parent"] is not None}
         ids: dict[tuple[str, str], int] = {(r["fingerprint"], r["starts_at"]): int(r["id"]) for r in rows}
         # The first alert with a key got the row; later ones in the same notification repeat it.
         out = [
@@ -172,35 +175,47 @@ class IngestMixin(MovesMixin):
             for it, inc_id in zip(items, out, strict=True)
             if it.refused and inc_id is not None
         )
-        return out
+        return out, parents
 
     @staticmethod
     async def _join_open(
-        conn: Conn, run: Sequence[IngestItem], ids: Sequence[int | None], result: IngestResult
+        conn: Conn,
+        run: Sequence[IngestItem],
+        ids: Sequence[int | None],
+        parents: dict[int, int],
+        result: IngestResult,
     ) -> set[int]:
         """Alert storms: new incidents of a (playbook, target) that already has an open incident (or
         several new ones in this run) join the oldest as ``merged``; returns the ids that joined.
 
-        One indexed look-up per distinct (playbook, target), under that pair's advisory lock (taken
-        at the start of the transaction). The parent is locked too, so a runner finishing it at the
-        same moment is seen: an incident that is no longer open absorbs nothing. Dry runs never
-        absorb real alerts.
+        The open incident was looked up by the INSERT, under the pair's advisory lock (taken at the
+        start of the transaction). Its count is raised only if it is STILL open (the UPDATE locks the
+        row and re-checks its state): a runner that finished it meanwhile wins, and the new alerts
+        form an incident of their own. Dry runs never absorb real alerts.
         """
         groups: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
         for it, inc_id in zip(run, ids, strict=True):
             if inc_id is not None and it.playbook and it.target and not it.refused:
                 groups[(it.playbook, it.target)].append(inc_id)
         joined: set[int] = set()
-        for (playbook, target), new in groups.items():
-            parent = await conn.fetchval(
-                "SELECT id FROM incidents WHERE target = $1 AND playbook = $2 AND state = ANY($3::text[])"
-                " AND NOT dry_run AND NOT (id = ANY($4::bigint[])) ORDER BY id LIMIT 1 FOR UPDATE",
-                target,
-                playbook,
+        for new in groups.values():
+            parent = parents.get(new[0])
+            if parent is not None and not await conn.fetchval(
+                "UPDATE incidents SET alert_count = alert_count + $1 WHERE id = $2"
+                " AND state = ANY($3::text[]) RETURNING id",
+                len(new),
+                parent,
                 OPEN_STATES,
-                new,
-            )
-            parent = int(parent) if parent is not None else min(new)
+            ):
+                parent = None  # finished meanwhile
+            if parent is None:
+                parent = min(new)
+                if len(new) > 1:
+                    await conn.execute(
+                        "UPDATE incidents SET alert_count = alert_count + $1 WHERE id = $2",
+                        len(new) - 1,
+                        parent,
+                    )
             joiners = [i for i in new if i != parent]
             if not joiners:
                 continue
@@ -211,9 +226,6 @@ class IngestMixin(MovesMixin):
                 parent,
                 f"joined incident #{parent} (same playbook and target)",
                 joiners,
-            )
-            await conn.execute(
-                "UPDATE incidents SET alert_count = alert_count + $1 WHERE id = $2", len(joiners), parent
             )
             result.merged[parent] = result.merged.get(parent, 0) + len(joiners)
             joined.update(joiners)
