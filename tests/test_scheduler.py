@@ -294,7 +294,7 @@ async def test_failing_job_is_counted_and_the_scheduler_keeps_running(
     extra = "scheduler:\n  health_probe: {enabled: false}\n"
     client = await start_app(aiohttp_client, tmp_path, redis_server.url, extra)
     sched = scheduler_of(client)
-    assert set(sched.job_ids()) == {"approval_expiry", "backup_check", "digest"}
+    assert set(sched.job_ids()) == {"approval_expiry", "backup_check", "digest", "leadership"}
     ticks: list[float] = []
     release = asyncio.Event()
 
@@ -346,7 +346,7 @@ async def test_scheduler_off_and_on(aiohttp_client: Any, tmp_path: Path, redis_s
     assert SCHEDULER not in off.app
     (tmp_path / "on").mkdir()
     on = await start_app(aiohttp_client, tmp_path / "on", redis_server.url, "")
-    assert set(scheduler_of(on).job_ids()) == {"health_probe", "approval_expiry", "backup_check", "digest"}
+    assert set(scheduler_of(on).job_ids()) == {"health_probe", "approval_expiry", "backup_check", "digest", "leadership"}
 
 
 # -- config ------------------------------------------------------------------------------------------

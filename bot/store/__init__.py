@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.store.protocol import Store
-from bot.store.records import DecisionOutcome, IngestItem, IngestResult, StepResult, process_owner
+from bot.store.records import DecisionOutcome, Fence, IngestItem, IngestResult, StepResult, process_owner
 from bot.store.sqlite import SQLiteStore
 
 
@@ -20,6 +20,7 @@ async def open_store(path: Path | str) -> Store:
 
 __all__ = [
     "DecisionOutcome",
+    "Fence",
     "IngestItem",
     "IngestResult",
     "SQLiteStore",
