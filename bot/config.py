@@ -205,6 +205,9 @@ class ServerConfig(StrictModel):
 
 class RunnerConfig(StrictModel):
     concurrency: int = Field(default=4, ge=1, le=64)
+    lease_ttl: Duration = Field(default=15.0, ge=3.0)
+    """How long an incident stays with the process running it without a heartbeat: when that process
+    dies, another one takes the incident over after at most this long."""
     redis_timeout: Duration = 5.0
     default_step_timeout: Duration = 60.0
 

@@ -81,6 +81,13 @@ class InvalidNotification(BotError):
         super().__init__(reason)
 
 
+class LeaseLost(StoreError):
+    """This process no longer holds the lease of the incident it was writing for: another process
+    took the work over, so this one must stop (fencing)."""
+
+    retryable = False
+
+
 class TargetError(BotError):
     """No Redis target matches an alert, or a target URL cannot be built from its labels."""
 

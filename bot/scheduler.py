@@ -32,8 +32,12 @@ from bot.jobs.backups import BackupWatch
 from bot.jobs.digest import digest_text
 from bot.jobs.probe import HealthProbe
 from bot.runner import Runner
+from bot.store import Fence
 
 log = logging.getLogger(__name__)
+
+LEADER = "scheduler"
+"""Name of the lease whose holder runs the scheduled jobs."""
 
 JobFn = Callable[[], Awaitable[Any]]
 
@@ -55,6 +59,8 @@ class Scheduler:
         self._sched.add_listener(self._on_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         self._running: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self.leader: Fence | None = None
+        """This process's leadership of the scheduler (None: another replica runs the jobs)."""
 
     def add(self, job_id: str, fn: JobFn, schedule: JobSchedule) -> None:
         """Schedule ``fn`` under ``job_id`` (replacing a job of that id), wrapped for metrics and logs."""
@@ -77,6 +83,9 @@ class Scheduler:
                 self._running.add(task)
             started = time.perf_counter()
             try:
+                if not await self.lead():
+                    self.metrics.job_run(job_id, "follower", time.perf_counter() - started)
+                    return
                 await fn()
             except asyncio.CancelledError:
                 if not self._stopping:
@@ -100,6 +109,18 @@ class Scheduler:
 
         return run
 
+    async def lead(self) -> bool:
+        """Whether this process leads the scheduler now: the jobs run once across replicas, on
+        the holder of the ``scheduler`` lease in the store (taken over when its holder dies)."""
+        fence = await self.runner.store.lead(LEADER, self.runner.owner, self.runner.lease_ttl)
+        if (fence is None) != (self.leader is None):
+            log.info(
+                "scheduler: %s",
+                "this process leads; jobs run here" if fence else "another process leads the jobs",
+            )
+        self.leader = fence
+        return fence is not None
+
     def _on_event(self, event: JobEvent) -> None:
         outcome = "missed" if event.code == EVENT_JOB_MISSED else "skipped"
         self.metrics.job_run(event.job_id, outcome)
@@ -122,6 +143,8 @@ class Scheduler:
         for job_id, fn, schedule in jobs:
             if schedule.enabled:
                 self.add(job_id, fn, schedule)
+        # Leadership is renewed well within its lease, whatever the jobs' own schedules are.
+        self.add("leadership", self._keep_lead, JobSchedule(every=max(1.0, self.runner.lease_ttl / 3)))
         # APScheduler logs every run at INFO; with a probe every few seconds that drowns the bot's log.
         logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
         self._sched.start()
@@ -142,6 +165,9 @@ class Scheduler:
         await self.backups.close()
 
     # -- jobs -----------------------------------------------------------------------------------
+
+    async def _keep_lead(self) -> None:
+        """The leadership job: ``lead()`` runs in the wrapper of every job; nothing more to do."""
 
     async def expire_approvals(self) -> None:
         n = await self.runner.expire_approvals()

@@ -111,6 +111,7 @@ from typing import Any  # noqa: E402
 from bot.config import Config, load_config  # noqa: E402
 from bot.identity import Actor  # noqa: E402
 from bot.incidents import Approval, Incident, StepRun  # noqa: E402
+from bot.notifier import NoticeLevel  # noqa: E402
 
 
 def person(name: str) -> Actor:
@@ -147,6 +148,10 @@ class RecordingNotifier:
 
     async def approval_closed(self, incident: Incident, approval: Approval) -> None:
         self._add("closed", approval)
+
+    async def notice(self, text: str, level: NoticeLevel = "info") -> None:
+        """Channel-level messages (digests, backup warnings), recorded as ``("notice", (level, text))``."""
+        self._add("notice", (level, text))
 
     async def close(self) -> None:
         return None

@@ -26,7 +26,6 @@ import pytest
 
 from bot.localpg import PostgresServer, missing_reason
 from bot.store import Store, open_store
-from bot.store.postgres import PostgresStore
 
 BACKENDS = ("sqlite", "postgres")
 _databases = itertools.count(1)
@@ -80,7 +79,3 @@ async def store(database_url: str) -> AsyncIterator[Store]:
     finally:
         await s.close()
 
-
-async def open_postgres(url: str, **kw: float) -> PostgresStore:
-    """A PostgreSQL store with non-default timeouts or pool sizes (``PostgresStore(url, **kw)``)."""
-    return await PostgresStore(url, **kw).open()  # type: ignore[arg-type]

@@ -22,14 +22,14 @@ from bot.config import load_config
 from bot.engine import Engine
 from bot.errors import ConfigError
 from bot.incidents import IncidentState, StepStatus
-from bot.localstack import Prometheus, RedisExporter, Stack
+from bot.localstack import Prometheus, RedisExporter, Stack, http_get
 from bot.playbook import load_playbooks
 from bot.prom import PromClient, PrometheusQueryError, PrometheusUnavailable, render, template_problems
 from bot.redisconn import RedisTarget
 from bot.steps import REGISTRY, StepContext, StepOutput, prometheus_chart
 from bot.steps import prometheus as promsteps
 from bot.store import IngestItem
-from tests.conftest import RecordingNotifier, RedisServer, write_config
+from tests.conftest import RecordingNotifier, RedisServer, wait_for, write_config
 
 
 class PromStack:
@@ -88,6 +88,44 @@ async def run(ctx: StepContext, name: str, **params: Any) -> StepOutput:
     st = REGISTRY[name]
     assert st.run is not None
     return await st.run(ctx, st.params.model_validate(params))
+
+
+def _queries_answered(prom_url: str) -> float:
+    """Instant queries this Prometheus has answered, from its own /metrics: how a test sees that a
+    step is polling (every check of ``prometheus.verify`` is one instant query)."""
+    status, body = http_get(prom_url + "/metrics")
+    assert status == 200, f"Prometheus at {prom_url} did not serve /metrics"
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.decode().splitlines()
+        if line.startswith("prometheus_http_requests_total{") and 'handler="/api/v1/query"' in line
+    )
+
+
+async def queries_answered(prom_url: str) -> float:
+    return await asyncio.to_thread(_queries_answered, prom_url)
+
+
+async def more_than(prom_url: str, count: float) -> bool:
+    return await queries_answered(prom_url) > count
+
+
+async def scraped_up_to_now(stack: PromStack, rsync: redis.Redis) -> bool:
+    """True once Prometheus holds Redis's current hit and miss counters (the last scrape saw all
+    the traffic so far): rates over a short window then cover exactly that traffic."""
+
+    def check() -> bool:
+        stats = rsync.info("stats")
+        hits = stack.prom.value(f"redis_keyspace_hits_total{{{stack.selector}}}")
+        misses = stack.prom.value(f"redis_keyspace_misses_total{{{stack.selector}}}")
+        return (
+            hits is not None
+            and misses is not None
+            and hits >= int(stats["keyspace_hits"])
+            and misses >= int(stats["keyspace_misses"])
+        )
+
+    return await asyncio.to_thread(check)
 
 
 # -- the query step ---------------------------------------------------------------------------------
@@ -155,17 +193,15 @@ async def test_memory_trend_and_time_to_full(ctx: StepContext, stack: PromStack,
             i += 1
             time.sleep(0.025)
 
+    async def growing() -> StepOutput | None:
+        """The step's answer once Prometheus has seen the writer's growth over the window."""
+        out = await run(ctx, "prometheus.redis_overview", sections=["memory"], window="5s", horizon="1h")
+        return out if (out.data["memory"].get("growth_bytes_per_hour") or 0) > 10 * 1024**3 else None
+
     writer = threading.Thread(target=fill, daemon=True)
     writer.start()
     try:
-        deadline = time.monotonic() + 20
-        out = None
-        while time.monotonic() < deadline:
-            out = await run(ctx, "prometheus.redis_overview", sections=["memory"], window="5s", horizon="1h")
-            if (out.data["memory"].get("growth_bytes_per_hour") or 0) > 10 * 1024**3 and time.monotonic() > 0:
-                break
-            await asyncio.sleep(0.5)
-        assert out is not None
+        out: StepOutput = await wait_for(growing, timeout=20, interval=0.5)
     finally:
         stop.set()
         writer.join()
@@ -180,7 +216,6 @@ async def test_memory_trend_and_time_to_full(ctx: StepContext, stack: PromStack,
 
 async def test_hit_ratio(ctx: StepContext, stack: PromStack, rsync: redis.Redis) -> None:
     rsync.set("hot", "1")
-    before = stack.prom.value(f"redis_keyspace_hits_total{{{stack.selector}}}") or 0
 
     def traffic(hits: int, misses: int, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -191,18 +226,17 @@ async def test_hit_ratio(ctx: StepContext, stack: PromStack, rsync: redis.Redis)
             for _ in range(misses):
                 pipe.get("cold")
             pipe.execute()
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing: a steady mix over the whole window
 
     await asyncio.to_thread(traffic, 3, 1, 2.0)
-    stack.prom.wait_for_value(f"redis_keyspace_hits_total{{{stack.selector}}}", lambda v: v > before + 100)
-    await asyncio.sleep(1.2)  # the last increments land in the next scrape
+    await wait_for(lambda: scraped_up_to_now(stack, rsync), timeout=10)
     out = await run(ctx, "prometheus.redis_overview", sections=["hit_ratio"], window="3s")
     ratio = out.data["hit_ratio"]["hit_ratio"]
     assert ratio is not None and abs(ratio - 0.75) < 0.06, out.data
     assert out.status == "ok" and out.summary.startswith("hit ratio 7")
 
     await asyncio.to_thread(traffic, 1, 3, 2.0)
-    await asyncio.sleep(1.2)
+    await wait_for(lambda: scraped_up_to_now(stack, rsync), timeout=10)
     out = await run(ctx, "prometheus.redis_overview", sections=["hit_ratio"], window="2s", hit_ratio_warn=0.5)
     ratio = out.data["hit_ratio"]["hit_ratio"]
     assert ratio is not None and ratio < 0.35, out.data
@@ -223,8 +257,10 @@ async def test_verify_passes_when_the_condition_comes_to_hold(
         stack.prom.wait_for_value, render(RATIO, ctx.labels, stack.selector), lambda v: v > 0.85
     )
 
-    async def fix_it() -> None:  # the "action": more headroom
-        await asyncio.sleep(0.5)
+    answered = await queries_answered(stack.prom.url)
+
+    async def fix_it() -> None:  # the "action" (more headroom), once the first check saw the problem
+        await wait_for(lambda: more_than(stack.prom.url, answered), timeout=10)
         rsync.config_set("maxmemory", used * 4)
 
     fixer = asyncio.create_task(fix_it())
@@ -279,10 +315,11 @@ async def test_prometheus_stopped_mid_run_is_a_clear_error(tmp_path: Path, redis
         errors: list[None] = []
         client.on_error = lambda: errors.append(None)
         ctx = StepContext(target=RedisTarget("t", redis_server.url), prometheus=client)
+        answered = await queries_answered(prom.url)
         task = asyncio.create_task(
             run(ctx, "prometheus.verify", query="vector(1)", below=0, within="60s", interval="200ms")
         )
-        await asyncio.sleep(1.0)
+        await wait_for(lambda: more_than(prom.url, answered + 1), timeout=10)  # a second check
         assert not task.done(), "the verification is polling"
         t0 = time.monotonic()
         await asyncio.to_thread(prom.stop)

@@ -21,7 +21,6 @@ from bot.errors import ConfigError
 from bot.incidents import ApprovalState, Incident, IncidentState
 from bot.intake import PROBE_SOURCE
 from bot.localstack import Alertmanager
-from bot.notifier import NoticeLevel
 from bot.scheduler import Scheduler
 from bot.store import Store
 from tests.conftest import RecordingNotifier, RedisServer, alert_payload, wait_for, write_config
@@ -35,16 +34,9 @@ scheduler:
 """
 
 
-class Notices(RecordingNotifier):
-    """The conftest recorder plus the channel-level ``notice`` (digests, backup warnings)."""
-
-    async def notice(self, text: str, level: NoticeLevel = "info") -> None:
-        self._add("notice", (level, text))
-
-
 async def start_app(aiohttp_client: Any, tmp_path: Path, url: str, extra: str = FAST_PROBE) -> TestClient:
     cfg = load_config(write_config(tmp_path, url, extra))
-    return await aiohttp_client(create_app(cfg, notifier=Notices(), webhook_token=""))  # type: ignore[no-any-return]
+    return await aiohttp_client(create_app(cfg, notifier=RecordingNotifier(), webhook_token=""))  # type: ignore[no-any-return]
 
 
 def store_of(client: TestClient) -> Store:
@@ -54,6 +46,19 @@ def store_of(client: TestClient) -> Store:
 
 def scheduler_of(client: TestClient) -> Scheduler:
     return client.app[SCHEDULER]
+
+
+def job_runs(client: TestClient, job: str, outcome: str = "ok") -> float:
+    """How often a scheduled job has finished so far (its ``job_runs_total`` counter): the positive
+    signal that a scheduler run happened, for tests that check that a run did *not* do something."""
+    value: float = scheduler_of(client).metrics.job_runs.labels(job, outcome)._value.get()
+    return value
+
+
+async def probe_runs(client: TestClient, n: int) -> None:
+    """Wait for ``n`` more complete health-probe runs (each records its findings before it ends)."""
+    start = job_runs(client, "health_probe")
+    await wait_for(lambda: job_runs(client, "health_probe") >= start + n, timeout=10)
 
 
 async def incidents(client: TestClient) -> list[Incident]:
@@ -80,7 +85,7 @@ async def test_probe_opens_and_resolves_redis_down(
 ) -> None:
     server: RedisServer = make_redis()
     client = await start_app(aiohttp_client, tmp_path, server.url)
-    await asyncio.sleep(0.5)
+    await probe_runs(client, 3)  # one more than the 2 failures that would open RedisDown
     assert await incidents(client) == [], "a healthy target opens nothing"
 
     await asyncio.to_thread(server.stop)
@@ -91,7 +96,7 @@ async def test_probe_opens_and_resolves_redis_down(
     assert opened.labels["job"] == "redis", "the target's match labels ride along (selectors)"
     assert "did not answer 2 PINGs in a row" in opened.annotations["summary"]
     assert opened.steps[0].step_id == "ping" and opened.steps[0].status == "error", "the playbook ran"
-    await asyncio.sleep(0.6)
+    await probe_runs(client, 3)  # more failed PINGs than it takes to open an incident
     assert len(await incidents(client)) == 1, "still down: no second incident"
     notifier = client.app[SCHEDULER].notifier.inner
     assert any(i.id == opened.id for i in notifier.of("opened"))
@@ -231,7 +236,13 @@ async def test_backup_check_warns_once_and_when_healthy_again(
     sched = scheduler_of(client)
     notices = sched.notifier.inner
     lastsave = redis_sync.lastsave()
-    await asyncio.sleep(1.1)  # the last save (at least the server's start) is now older than 1 s
+
+    def save_age() -> float:  # as the backup check computes it (Redis keeps whole seconds)
+        return time.time() - int(redis_sync.info("persistence")["rdb_last_save_time"])
+
+    # The last save (at least the server's start) older than max_age: the job compares the age
+    # rounded to whole seconds, so wait until it rounds to more than 1 s.
+    await wait_for(lambda: save_age() >= 1.6, timeout=10)
     await sched.backups.run()
     await sched.backups.run()
     warnings = [t for lvl, t in notices.of("notice") if lvl == "warning"]
@@ -271,13 +282,21 @@ async def test_digest(
 
 
 async def test_failing_job_is_counted_and_the_scheduler_keeps_running(
-    aiohttp_client: Any, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+    aiohttp_client: Any,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_sync: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A failing job is logged and counted and runs again at its next time; the other jobs go on;
+    a run still busy at the job's next time makes that time be skipped (max_instances=1). The test
+    waits for those runs to happen, however slowly the machine schedules them."""
     extra = "scheduler:\n  health_probe: {enabled: false}\n"
     client = await start_app(aiohttp_client, tmp_path, redis_server.url, extra)
     sched = scheduler_of(client)
-    assert set(sched.job_ids()) == {"approval_expiry", "backup_check", "digest"}
+    assert set(sched.job_ids()) == {"approval_expiry", "backup_check", "digest", "leadership"}
     ticks: list[float] = []
+    release = asyncio.Event()
 
     async def boom() -> None:
         raise RuntimeError("this job always fails")
@@ -285,25 +304,41 @@ async def test_failing_job_is_counted_and_the_scheduler_keeps_running(
     async def tick() -> None:
         ticks.append(time.monotonic())
 
+    slow_started: list[float] = []
+
     async def slow() -> None:
-        await asyncio.sleep(0.5)
+        slow_started.append(time.monotonic())
+        await release.wait()  # busy until the test has seen a later time of it skipped
 
     every = JobSchedule(every=0.1)
     sched.add("boom", boom, every)
     sched.add("tick", tick, every)
     sched.add("slow", slow, every)
-    await asyncio.sleep(1.2)
-    assert sched.running
-    m = sched.metrics
-    assert m.job_runs.labels("boom", "error")._value.get() >= 5
-    assert len(ticks) >= 5, "the other jobs go on"
-    assert m.job_runs.labels("slow", "ok")._value.get() >= 1
-    assert m.job_runs.labels("slow", "skipped")._value.get() >= 1, (
-        "max_instances=1: overlapping runs are skipped"
-    )
 
+    # boom fails and runs again; the other jobs go on beside it.
+    await wait_for(lambda: job_runs(client, "boom", "error") >= 2, timeout=10)
+    await wait_for(lambda: len(ticks) >= 2 and job_runs(client, "tick") >= 2, timeout=10)
+    await wait_for(lambda: job_runs(client, "slow", "skipped") >= 1, timeout=10)
+    assert job_runs(client, "slow") == 0, "the first run of slow is still busy"
+    assert len(slow_started) == 1, "max_instances=1: no second run while the first one is busy"
+    release.set()
+    await wait_for(lambda: job_runs(client, "slow") >= 1, timeout=10)
+    assert sched.running
+
+    failed = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "bot.scheduler"
+        and r.levelname == "ERROR"
+        and "scheduled job boom failed" in r.getMessage()
+    ]
+    assert len(failed) >= 2, "every failed run is logged"
+    assert failed[0] == (
+        "scheduled job boom failed (it runs again at its next time): RuntimeError: this job always fails"
+    )
     body = await (await client.get("/metrics")).text()
     assert 'remediation_bot_scheduler_job_runs_total{job="boom",outcome="error"}' in body
+    assert 'remediation_bot_scheduler_job_runs_total{job="slow",outcome="skipped"}' in body
 
 
 async def test_scheduler_off_and_on(aiohttp_client: Any, tmp_path: Path, redis_server: RedisServer) -> None:
@@ -311,7 +346,7 @@ async def test_scheduler_off_and_on(aiohttp_client: Any, tmp_path: Path, redis_s
     assert SCHEDULER not in off.app
     (tmp_path / "on").mkdir()
     on = await start_app(aiohttp_client, tmp_path / "on", redis_server.url, "")
-    assert set(scheduler_of(on).job_ids()) == {"health_probe", "approval_expiry", "backup_check", "digest"}
+    assert set(scheduler_of(on).job_ids()) == {"health_probe", "approval_expiry", "backup_check", "digest", "leadership"}
 
 
 # -- config ------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,10 @@ from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.app import STORE, create_app
+from bot.app import ENGINE, STORE, create_app
 from bot.config import Config, load_config
 from bot.incidents import IncidentState
-from bot.store import SQLiteStore, Store, open_store
+from bot.store import SQLiteStore, open_store
 from tests.conftest import RecordingNotifier, alert_payload, load_fixture_payloads, wait_for, write_config
 
 TOKEN = "s3cret-token"
@@ -81,8 +82,10 @@ async def test_repeats_create_no_new_incident_or_work(client: TestClient) -> Non
     assert len(await incidents(client)) == 1
     await wait_for(lambda: _done(client, first["new_incidents"][0]), timeout=20)
     steps_before = len((await client.app[STORE].get_incident(first["new_incidents"][0])).steps)
-    await client.post("/alerts", json=payload, headers=AUTH)
-    await asyncio.sleep(0.3)
+    late = await (await client.post("/alerts", json=payload, headers=AUTH)).json()
+    assert late["new_incidents"] == [] and late["duplicates"] == 1
+    # Work is queued before the answer: once the runner's queue is drained, a re-run would be done.
+    await client.app[ENGINE].runner.drain()
     assert len((await client.app[STORE].get_incident(first["new_incidents"][0])).steps) == steps_before
 
 
@@ -289,18 +292,29 @@ def _item(fingerprint: str, status: str = "firing", alertname: str = "RedisHitRa
     return IngestItem(Alert.model_validate(raw), "redis-hit-rate-low", f"t-{fingerprint}:1/0", 0)
 
 
-async def _hold_store_thread(store: Store, seconds: float) -> asyncio.Future[None]:
-    """Keep the store's thread busy, so the ingest calls made meanwhile queue up together."""
+async def _hold_store_thread(store: SQLiteStore, calls: int) -> asyncio.Future[None]:
+    """Keep the store's thread busy until ``calls`` ingest calls wait for it, so they are committed
+    together (group commit); returns the hold, done once the thread is free again."""
     started = asyncio.Event()
+    release = threading.Event()
     loop = asyncio.get_running_loop()
 
     def block() -> None:
         loop.call_soon_threadsafe(started.set)
-        time.sleep(seconds)
+        release.wait(timeout=30)  # bounded: a test that never releases fails, it does not hang
 
-    held = asyncio.ensure_future(store._run(block))
+    async def hold() -> None:
+        held = asyncio.ensure_future(store._run(block))
+        await started.wait()
+        try:
+            await wait_for(lambda: len(store._ingest_queue) >= calls, timeout=10)
+        finally:
+            release.set()
+            await held
+
+    task = asyncio.ensure_future(hold())
     await started.wait()
-    return held
+    return task
 
 
 async def test_concurrent_ingests_commit_together_each_with_its_own_result(tmp_path: Path) -> None:
@@ -308,7 +322,7 @@ async def test_concurrent_ingests_commit_together_each_with_its_own_result(tmp_p
     try:
         (known,) = (await store.ingest([_item("known")])).new
         before = store.ingest_transactions
-        held = await _hold_store_thread(store, 0.2)
+        held = await _hold_store_thread(store, 23)
         calls = [store.ingest([_item(f"n{i}a"), _item(f"n{i}b")]) for i in range(20)] + [
             store.ingest([_item("known"), _item("n3a")]),  # both already stored by then
             store.ingest([_item("twice"), _item("twice")]),  # a repeat within one notification
@@ -352,7 +366,7 @@ async def test_one_failing_notification_does_not_fail_its_group(
 
     monkeypatch.setattr(SQLiteStore, "_resolve_alert", refuse_bad)
     try:
-        held = await _hold_store_thread(store, 0.2)
+        held = await _hold_store_thread(store, 3)
         calls = [
             store.ingest([_item("g1")]),
             store.ingest([_item("bad", "resolved")]),

@@ -48,7 +48,7 @@ class BackupWatch:
             key = tuple(
                 p
                 for p in (
-                    "stale" if (d.get("last_save_age_s") or 0) > self.cfg.max_age else "",
+                    "stale" if d.get("stale") else "",  # the step's exact comparison, not the rounded age
                     f"bgsave {d.get('rdb_last_bgsave_status')}"
                     if d.get("rdb_last_bgsave_status", "ok") != "ok"
                     else "",

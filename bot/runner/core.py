@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from bot.config import Config
 from bot.durations import format_duration
-from bot.errors import BotError, NotFound, StepError, TargetError
+from bot.errors import BotError, NotFound, StepError, StoreError, TargetError
 from bot.incidents import Incident, IncidentState, StepRun, StepStatus
 from bot.lifecycle import AlertStatus
 from bot.metrics import Metrics
@@ -28,7 +30,7 @@ from bot.redisconn import RedisTarget
 from bot.runner.guardrails import Guardrails
 from bot.runner.queue import FairQueue
 from bot.steps import StepContext, StepOutput
-from bot.store import StepResult, Store
+from bot.store import Fence, StepResult, Store, process_owner
 from bot.target_pool import TargetPool
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,11 @@ class RunnerCore:
         self.prometheus = prometheus
         self.guardrails = Guardrails(config, store, metrics)
         self.pool = pool
+        self.owner = process_owner()
+        """This process, as lease holder: ``host:pid``."""
+        self.lease_ttl = config.runner.lease_ttl
+        self._fences: dict[int, Fence] = {}
+        self._lost: set[int] = set()
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._queue = FairQueue(QUEUE_PER_TARGET)
         self._workers: list[asyncio.Task[None]] = []
@@ -87,6 +94,7 @@ class RunnerCore:
             self.submit(inc_id, inc.target or "")
         for i in range(self.config.runner.concurrency):
             self._workers.append(asyncio.create_task(self._worker(), name=f"runner-{i}"))
+        self._workers.append(asyncio.create_task(self._sweeper(), name="lease-sweeper"))
 
     async def stop(self) -> None:
         for task in [*self._workers, *self._tasks]:
@@ -130,6 +138,87 @@ class RunnerCore:
     async def drain(self) -> None:
         """Wait until every queued incident has been worked on (tests, and the ``run`` command)."""
         await self._queue.join()
+
+    # -- leases: one process runs an incident at a time -----------------------------------------
+
+    def fence(self, incident_id: int) -> Fence | None:
+        """The lease this process holds on an incident (its writes carry it), or None."""
+        return self._fences.get(incident_id)
+
+    @asynccontextmanager
+    async def leased(self, incident_id: int, *, wait: float = 0.0) -> AsyncIterator[Fence | None]:
+        """Hold the incident's lease while working on it (None: another live process holds it;
+        ``wait`` seconds are given for it to be released). A heartbeat renews it; if it is lost
+        (this process paused past the lease), writes under it are refused and actions stop."""
+        deadline = time.monotonic() + wait
+        fence = await self.store.acquire(incident_id, self.owner, self.lease_ttl)
+        while fence is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)  # bounded poll for another process to release it
+            fence = await self.store.acquire(incident_id, self.owner, self.lease_ttl)
+        if fence is None:
+            yield None
+            return
+        self._fences[incident_id] = fence
+        self._lost.discard(incident_id)
+        beat = asyncio.create_task(self._heartbeat(incident_id, fence), name=f"lease-{incident_id}")
+        try:
+            yield fence
+        finally:
+            beat.cancel()
+            self._fences.pop(incident_id, None)
+            if incident_id not in self._lost:
+                try:
+                    await self.store.release(incident_id, fence)
+                except StoreError as exc:  # it lapses on its own; another process may take over then
+                    log.warning("incident %s: could not release its lease: %s", incident_id, exc)
+
+    async def _heartbeat(self, incident_id: int, fence: Fence) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                held = await self.store.renew(incident_id, fence, self.lease_ttl)
+            except StoreError as exc:
+                log.warning("incident %s: lease renewal failed (will retry): %s", incident_id, exc)
+                continue
+            if not held:
+                self._lost.add(incident_id)
+                log.warning(
+                    "incident %s: lease lost (another process took it over); this process stops working on it",
+                    incident_id,
+                    extra={"incident": incident_id},
+                )
+                return
+
+    async def _sweeper(self) -> None:
+        """Take over incidents whose process died (lease lapsed) and carry them on."""
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                await self.sweep()
+            except StoreError as exc:
+                log.warning("lease sweep failed: %s", exc)
+
+    async def sweep(self) -> list[int]:
+        """One pass of the takeover: returns the incidents this process took over."""
+        taken = []
+        for inc_id in await self.store.lapsed():
+            fence = await self.store.take_over(inc_id, self.owner, self.lease_ttl)
+            if fence is None:
+                continue  # another process was first, or the holder came back
+            taken.append(inc_id)
+            inc = await self.store.get_incident(inc_id, steps=False)
+            log.warning(
+                "incident %s: taken over from a process that stopped (token %s)",
+                inc_id,
+                fence.token,
+                extra={"incident": inc_id},
+            )
+            await self.store.release(inc_id, fence)
+            if inc.status in (IncidentState.NEW, IncidentState.DIAGNOSING, IncidentState.REMEDIATING):
+                self.submit(inc_id, inc.target or "")
+            else:
+                await self._announce(inc_id)
+        return taken
 
     # -- targets --------------------------------------------------------------------------------
 
@@ -198,8 +287,14 @@ class RunnerCore:
                 "checkpoint": checkpoint,
             },
             prometheus=self.prometheus,
-            should_stop=self.guardrails.kill_switch,
+            should_stop=lambda: self._should_stop(incident.id),
         )
+
+    async def _should_stop(self, incident_id: int) -> str | None:
+        """Asked by a running action before each batch: the kill switch, or a lost lease."""
+        if incident_id in self._lost:
+            return "this process lost the incident's lease (another process took it over)"
+        return await self.guardrails.kill_switch()
 
     # -- running playbooks ----------------------------------------------------------------------
 
@@ -211,8 +306,10 @@ class RunnerCore:
 
     async def run_incident(self, incident_id: int) -> Incident:
         """Run (or resume) an incident's playbook from its next step until it ends or waits."""
-        async with self._locks[incident_id]:
+        async with self._locks[incident_id], self.leased(incident_id) as fence:
             inc = await self.store.get_incident(incident_id)
+            if fence is None:
+                return inc  # another live process runs it
             if inc.status not in (IncidentState.NEW, IncidentState.DIAGNOSING, IncidentState.REMEDIATING):
                 return inc
             first = inc.status == IncidentState.NEW and inc.next_step == 0

@@ -66,8 +66,12 @@ class ExecuteMixin(DecideMixin):
         return None
 
     async def execute(self, incident_id: int, ap: Approval, who: str) -> DecisionReport:
-        async with self._locks[incident_id]:
+        async with self._locks[incident_id], self.leased(incident_id, wait=self.lease_ttl) as fence:
             inc = await self.store.get_incident(incident_id)
+            if fence is None:
+                return await self._refuse(
+                    inc, ap, "another process held the incident for longer than a lease period; approve again"
+                )
             pb = self.playbook_of(inc)
             refused = await self._precheck(inc, ap, pb)
             if refused is not None:

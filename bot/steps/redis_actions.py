@@ -465,6 +465,7 @@ async def backup_check(ctx: StepContext, p: BackupCheckParams) -> StepOutput:
         problems.append(f"last snapshot {format_duration(age)} ago (older than {format_duration(p.max_age)})")
     data = {
         "last_save_age_s": round(age),
+        "stale": age > p.max_age,
         "rdb_last_bgsave_status": info.get("rdb_last_bgsave_status"),
         "aof_enabled": int(info.get("aof_enabled", 0)),
         "aof_last_write_status": info.get("aof_last_write_status"),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.store.protocol import Store
-from bot.store.records import DecisionOutcome, IngestItem, IngestResult, StepResult, process_owner
+from bot.store.records import DecisionOutcome, Fence, IngestItem, IngestResult, StepResult, process_owner
 from bot.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ async def open_store(where: Config | Path | str) -> Store:
 
 __all__ = [
     "DecisionOutcome",
+    "Fence",
     "IngestItem",
     "IngestResult",
     "SQLiteStore",

@@ -173,6 +173,15 @@ def approval_of(r: Row) -> Approval:
 
 
 @dataclass(frozen=True)
+class Fence:
+    """Who holds a lease and its fencing token: writes under a lease carry it, and are refused
+    once another process took the lease over."""
+
+    owner: str
+    token: int
+
+
+@dataclass(frozen=True)
 class StepResult:
     """How a step run ended: what the store writes when the run finishes."""
 

@@ -7,9 +7,10 @@ from pathlib import Path
 from bot.store.sqlite_approvals import ApprovalEventsMixin
 from bot.store.sqlite_events import IncidentEventsMixin
 from bot.store.sqlite_ingest import IngestMixin
+from bot.store.sqlite_leases import LeasesMixin
 
 
-class SQLiteStore(ApprovalEventsMixin, IncidentEventsMixin, IngestMixin):
+class SQLiteStore(LeasesMixin, ApprovalEventsMixin, IncidentEventsMixin, IngestMixin):
     """Async facade over a SQLite file. Open with :meth:`open`, close with :meth:`close`."""
 
     def __init__(self, path: Path | str) -> None:

@@ -151,7 +151,29 @@ def _migrate_v3(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE incidents ADD COLUMN params TEXT NOT NULL DEFAULT '{}'")
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_v1, _migrate_v2, _migrate_v3)
+def _migrate_v4(conn: sqlite3.Connection) -> None:
+    """Leases: which process runs an incident (with a fencing token), and who leads the scheduler."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(incidents)")}
+    for column, decl in (
+        ("lease_owner", "TEXT"),
+        ("lease_until", "REAL NOT NULL DEFAULT 0"),
+        ("lease_token", "INTEGER NOT NULL DEFAULT 0"),
+    ):
+        if column not in have:
+            conn.execute(f"ALTER TABLE incidents ADD COLUMN {column} {decl}")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS leaders (name TEXT PRIMARY KEY, owner TEXT NOT NULL,"
+        " until REAL NOT NULL, token INTEGER NOT NULL)"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS incidents_lease ON incidents (state, lease_until)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_v1,
+    _migrate_v2,
+    _migrate_v3,
+    _migrate_v4,
+)
 """Schema versions in order; ``PRAGMA user_version`` records how many have been applied."""
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from bot import lifecycle
 from bot.errors import NotFound
-from bot.incidents import Approval, ApprovalState, IncidentState, StepRun
+from bot.incidents import Approval, ApprovalState, IncidentState, StepRun, StepStatus
 from bot.lifecycle import Event
 from bot.store.records import StepResult, approval_of, dumps, step_run_of
 from bot.store.sqlite_reads import ReadsMixin
@@ -111,3 +111,82 @@ class MovesMixin(ReadsMixin):
         if row is None:
             raise NotFound(f"no approval {approval_id}")
         return approval_of(row)
+
+    def _interrupt_incident_work(
+        self, conn: sqlite3.Connection, incident_id: int, owner: str | None, now: float
+    ) -> int:
+        """Inside a transaction: close what a dead process left running on one incident.
+
+        Its running step runs become ``interrupted`` (an action's run keeps the keys it had
+        recorded as deleted, and counts as a failed action for the breaker); an approval it had
+        claimed or was about to run is ``interrupted``; if an action was involved the incident
+        fails, so nothing mutating ever runs again without a new approval. Returns the runs closed.
+        """
+        acted = False
+        closed = 0
+        target = conn.execute("SELECT target FROM incidents WHERE id = ?", (incident_id,)).fetchone()[
+            "target"
+        ]
+        for r in conn.execute(
+            "SELECT * FROM step_runs WHERE incident_id = ? AND status = 'running'", (incident_id,)
+        ).fetchall():
+            done = step_run_of(r).data
+            sr = self._finish_run(
+                conn,
+                Event.INTERRUPT,
+                r["id"],
+                StepResult(
+                    StepStatus.INTERRUPTED,
+                    "interrupted: the process running this step stopped",
+                    data=done,
+                    error=f"{owner or 'its process'} stopped while this step was running",
+                ),
+            )
+            closed += 1
+            if r["mutating"]:
+                acted = True
+                self._audit(
+                    conn,
+                    "action.executed",
+                    incident_id=incident_id,
+                    target=target,
+                    plan_hash=sr.plan_hash,
+                    detail={
+                        "step": sr.step_id,
+                        "type": sr.step_type,
+                        "ok": False,
+                        "interrupted": True,
+                        "keys_affected": done.get("deleted"),
+                    },
+                )
+        for r in conn.execute(
+            "SELECT id, state FROM approvals WHERE incident_id = ? AND state IN ('approved', 'executing')",
+            (incident_id,),
+        ).fetchall():
+            ap = self._move_approval(
+                conn, Event.INTERRUPT, r["id"], ApprovalState.INTERRUPTED, decided_at=now
+            )
+            if r["state"] == ApprovalState.APPROVED:  # never claimed: its gate still waits; it ends with it
+                self._finish_run(
+                    conn,
+                    Event.INTERRUPT,
+                    ap.step_run_id,
+                    StepResult(
+                        StepStatus.INTERRUPTED,
+                        "interrupted: the process stopped after the approval, before the action ran",
+                        plan=ap.plan,
+                        plan_hash=ap.plan_hash,
+                    ),
+                )
+            acted = True
+        state = conn.execute("SELECT state FROM incidents WHERE id = ?", (incident_id,)).fetchone()["state"]
+        if acted and lifecycle.is_open(state):
+            self._move_incident(
+                conn,
+                Event.INTERRUPT,
+                incident_id,
+                I.FAILED,
+                note="a remediation was interrupted when its process stopped; it was not re-run",
+            )
+            self._audit(conn, "step.interrupted", incident_id=incident_id, detail={"owner": owner})
+        return closed
