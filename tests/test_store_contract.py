@@ -10,10 +10,12 @@ compare-and-sets are checked across connections, not inside one. PostgreSQL-only
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import asyncpg
 import pytest
 
 from bot.alerts import Alert
-from bot.errors import AlreadyDecided, DecisionConflict, StoreError
+from bot.errors import AlreadyDecided, DecisionConflict, LeaseLost, StoreError
 from bot.incidents import Approval, ApprovalState, Decision, IncidentState, StepStatus
 from bot.localpg import PostgresServer
 from bot.store import IngestItem, StepResult, Store, open_store
@@ -300,6 +302,116 @@ async def test_interrupt_orphans_closes_dead_work_once_and_leaves_live_work(
     finally:
         alive.kill()
         alive.wait()
+
+
+async def test_work_of_another_host_is_left_to_its_lease(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL (replicas on several hosts): a start-up sweep cannot tell whether another host's
+    process lives, so it leaves that work alone; lease take-over closes it if that replica died."""
+    store = await PostgresStore(pg_url).open()
+    try:
+        _own_as(monkeypatch, "another-pod:4242")
+        ap = await approve(store, await waiting(store, "foreign"))
+        run_id = await store.claim(ap.id, summary="go", actor="alice", target=TARGET)
+        assert run_id is not None
+        assert await store.interrupt_orphans() == []
+        assert (await store.get_step_run(run_id)).status == S.RUNNING
+        assert (await store.get_approval(ap.id)).state == A.EXECUTING
+    finally:
+        await store.close()
+
+
+# -- leases ----------------------------------------------------------------------------------------
+
+
+async def _lapse(seconds: float) -> None:
+    """Let a short lease run out (a condition on the clock, not a fixed sleep)."""
+    until = time.time() + seconds
+    await wait_for(lambda: time.time() > until, timeout=5)
+
+
+def _fencing(store: Store) -> bool:
+    return "fence" in inspect.signature(store.begin).parameters
+
+
+async def test_a_lease_is_exclusive_until_it_lapses_and_fences_the_old_holder(
+    store: Store, other: Store
+) -> None:
+    if not _fencing(store):
+        pytest.skip("this backend's events take no fence yet")
+    (inc_id,) = (await store.ingest([item("lease")])).new
+    grabs = await asyncio.gather(
+        *((store, other)[i % 2].acquire(inc_id, f"host-{i}:1", 30) for i in range(10))
+    )
+    held = [g for g in grabs if g is not None]
+    assert len(held) == 1 and held[0].token == 1, grabs
+    owner = held[0].owner
+    assert await other.acquire(inc_id, "host-x:9", 30) is None, "a live lease is exclusive"
+    a = await store.acquire(inc_id, owner, 0.05)  # re-taken by its holder: a new token
+    assert a is not None and a.token == 2
+    assert await store.lapsed() == []
+    await _lapse(0.1)
+    assert await store.lapsed() == [inc_id]
+    takes = await asyncio.gather(
+        *((store, other)[i % 2].take_over(inc_id, f"new-{i}:2", 30) for i in range(6))
+    )
+    (b,) = [t for t in takes if t is not None]
+    assert b.token == 3
+    assert not await store.renew(inc_id, a, 30), "the old holder learns it lost the lease"
+    assert await store.renew(inc_id, b, 30)
+    with pytest.raises(LeaseLost):
+        await store.begin(inc_id, fence=a)
+    assert await store.begin(inc_id, fence=b)
+    run_id = await store.start_step(inc_id, 0, "memory", "redis.info", False, fence=b)
+    with pytest.raises(LeaseLost, match="lease lost"):
+        await store.start_step(inc_id, 1, "ping", "redis.ping", False, fence=a)
+    with pytest.raises(LeaseLost):
+        await store.finish_step(run_id, StepResult(S.OK, "late"), next_step=1, fence=a)
+    run = await store.finish_step(run_id, StepResult(S.OK, "mine"), next_step=1, fence=b)
+    assert run.summary == "mine"
+    await store.release(inc_id, b)
+    assert (await other.acquire(inc_id, "host-y:3", 30)) is not None, "released: anyone may continue"
+    taken = [e for e in await store.list_audit(incident_id=inc_id) if e.kind == "incident.taken_over"]
+    assert [(e.detail["from"], e.detail["token"]) for e in taken] == [(owner, 3)]
+
+
+async def test_taking_over_interrupts_the_dead_holders_action_and_never_reruns_it(store: Store) -> None:
+    ap = await approve(store, await waiting(store, "to1"))
+    fence = await store.acquire(ap.incident_id, "dead:1", 0.05)
+    assert fence is not None
+    run_id = await store.claim(ap.id, summary="go", actor="alice", target=TARGET)
+    assert run_id is not None
+    await store.checkpoint(run_id, {"deleted": 3})
+    await _lapse(0.1)
+    assert await store.take_over(ap.incident_id, "alive:2", 30) is not None
+    assert (await store.get_approval(ap.id)).state == A.INTERRUPTED
+    inc = await store.get_incident(ap.incident_id)
+    assert inc.status == I.FAILED
+    assert (await store.get_step_run(run_id)).status == S.INTERRUPTED
+    executed = [e for e in await store.list_audit(incident_id=inc.id) if e.kind == "action.executed"]
+    assert (
+        len(executed) == 1 and executed[0].detail["interrupted"] and executed[0].detail["keys_affected"] == 3
+    )
+    assert await store.claim(ap.id, summary="again", actor="alice", target=TARGET) is None
+
+
+async def test_one_scheduler_leader_at_a_time(store: Store, other: Store) -> None:
+    leaders = await asyncio.gather(
+        *((store, other)[i % 2].lead("scheduler", f"host-{i}:1", 0.05) for i in range(8))
+    )
+    (first,) = [f for f in leaders if f is not None]
+    assert first.token == 1
+    assert await store.lead("scheduler", first.owner, 0.05) == first, "the leader renews"
+    await _lapse(0.1)
+    takers = await asyncio.gather(
+        *((store, other)[i % 2].lead("scheduler", f"next-{i}:2", 30) for i in range(8))
+    )
+    (second,) = [t for t in takers if t is not None]
+    assert second.token == 2
+    assert await store.lead("scheduler", first.owner, 30) is None, "the old leader does not come back"
+    elected = [e for e in await store.list_audit() if e.kind == "leader.elected"]
+    assert [e.detail["token"] for e in elected] == [1, 2]
 
 
 # -- records without state -------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Built like the SQLite backend, from mixins with one concern each: :mod:`.base` (pool, transactions,
 errors, audit, settings), :mod:`.schema` (versioned migrations under an advisory lock),
-:mod:`.reads`, :mod:`.moves` (row-locked state moves), :mod:`.ingest`, :mod:`.events` and
-:mod:`.approvals`. The driver is asyncpg (see the README's design notes for the measurement).
+:mod:`.reads`, :mod:`.moves` (row-locked state moves, fencing), :mod:`.ingest`, :mod:`.events`,
+:mod:`.approvals` and :mod:`.leases`. The driver is asyncpg (see the README's design notes for the measurement).
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 from bot.store.postgres.approvals import ApprovalEventsMixin
 from bot.store.postgres.events import IncidentEventsMixin
 from bot.store.postgres.ingest import IngestMixin
+from bot.store.postgres.leases import LeasesMixin
 
 
-class PostgresStore(ApprovalEventsMixin, IncidentEventsMixin, IngestMixin):
+class PostgresStore(LeasesMixin, ApprovalEventsMixin, IncidentEventsMixin, IngestMixin):
     """Async store on a PostgreSQL database URL. Open with :meth:`open`, close with :meth:`close`."""
 
     async def open(self) -> PostgresStore:

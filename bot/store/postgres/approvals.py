@@ -17,8 +17,8 @@ from bot.errors import AlreadyDecided, DecisionConflict
 from bot.incidents import Approval, ApprovalState, Decision, IncidentState, StepRun, StepStatus
 from bot.lifecycle import Event
 from bot.store.postgres.base import Conn, one
-from bot.store.postgres.moves import MovesMixin
-from bot.store.records import StepResult, approval_of, dumps
+from bot.store.postgres.moves import MovesMixin, check_fence
+from bot.store.records import Fence, StepResult, approval_of, dumps
 
 I, A, S = IncidentState, ApprovalState, StepStatus  # noqa: E741
 
@@ -41,6 +41,7 @@ class ApprovalEventsMixin(MovesMixin):
         ttl: float,
         target: str | None,
         requested_by: str | None = None,
+        fence: Fence | None = None,
     ) -> Approval:
         """Ask for a decision on a plan: the step run waits, the incident waits, older pending
         approvals of the incident are superseded, all in one transaction."""
@@ -49,6 +50,7 @@ class ApprovalEventsMixin(MovesMixin):
         async def run(conn: Conn) -> Approval:
             now = time.time()
             await self._lock_incident(conn, incident_id)
+            await check_fence(conn, incident_id, fence)
             for old in await conn.fetch(
                 "SELECT * FROM approvals WHERE incident_id = $1 AND state = 'pending' ORDER BY id FOR UPDATE",
                 incident_id,
@@ -243,13 +245,16 @@ class ApprovalEventsMixin(MovesMixin):
 
         return await self._write(run)
 
-    async def claim(self, approval_id: int, *, summary: str, actor: str, target: str | None) -> int | None:
+    async def claim(
+        self, approval_id: int, *, summary: str, actor: str, target: str | None, fence: Fence | None = None
+    ) -> int | None:
         """approved -> executing, only while the incident's alert still fires: exactly one caller
         on any replica wins and gets the id of the action's new (running) step run; everyone else
         gets None. Records this process as the owner of the action."""
 
         async def run(conn: Conn) -> int | None:
             ap = await self._lock_approval(conn, approval_id)
+            await check_fence(conn, ap.incident_id, fence)
             firing = await conn.fetchval("SELECT alert_status FROM incidents WHERE id = $1", ap.incident_id)
             if ap.state != A.APPROVED or firing != "firing":
                 return None
@@ -294,12 +299,14 @@ class ApprovalEventsMixin(MovesMixin):
         actor: str,
         target: str | None,
         detail: dict[str, Any],
+        fence: Fence | None = None,
     ) -> StepRun:
         """The action returned (or failed, or was stopped): executing -> executed, its run finished,
         the incident moves on, and the ``action.executed`` record the breaker counts."""
 
         async def run(conn: Conn) -> StepRun:
             ap = await self._lock_approval(conn, approval_id)
+            await check_fence(conn, ap.incident_id, fence)
             ap = await self._move_approval(conn, Event.EXECUTED, ap, A.EXECUTED)
             sr = await self._finish_run(conn, Event.EXECUTED, run_id, result)
             await self._audit_step(conn, sr, target, actor)

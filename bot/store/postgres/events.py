@@ -7,6 +7,7 @@ before its state is checked (:mod:`bot.store.postgres.moves`).
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -14,8 +15,8 @@ from bot import lifecycle
 from bot.incidents import ApprovalState, IncidentState, StepRun, StepStatus, iso
 from bot.lifecycle import Event
 from bot.store.postgres.base import Conn, one
-from bot.store.postgres.moves import MovesMixin
-from bot.store.records import IngestItem, Row, StepResult, dumps, owner_alive, step_run_of
+from bot.store.postgres.moves import MovesMixin, check_fence
+from bot.store.records import Fence, IngestItem, Row, StepResult, dumps, owner_alive, step_run_of
 
 I, A, S = IncidentState, ApprovalState, StepStatus  # noqa: E741
 
@@ -74,10 +75,11 @@ class IncidentEventsMixin(MovesMixin):
 
         return await self._write(run)
 
-    async def begin(self, incident_id: int) -> bool:
+    async def begin(self, incident_id: int, *, fence: Fence | None = None) -> bool:
         """new -> diagnosing; False when the incident is not new (another worker or replica began it)."""
 
         async def run(conn: Conn) -> bool:
+            await check_fence(conn, incident_id, fence)
             state = await conn.fetchval("SELECT state FROM incidents WHERE id = $1 FOR UPDATE", incident_id)
             if state != I.NEW:
                 return False
@@ -86,10 +88,13 @@ class IncidentEventsMixin(MovesMixin):
 
         return await self._write(run)
 
-    async def fail(self, incident_id: int, note: str, *, target: str | None = None) -> None:
+    async def fail(
+        self, incident_id: int, note: str, *, target: str | None = None, fence: Fence | None = None
+    ) -> None:
         """An incident that cannot run at all (playbook or target gone, target refused)."""
 
         async def run(conn: Conn) -> None:
+            await check_fence(conn, incident_id, fence)
             await self._move_incident(conn, Event.FINISH, incident_id, I.FAILED, note=note)
             await self._audit(
                 conn, "incident.failed", incident_id=incident_id, target=target, detail={"reason": note}
@@ -98,11 +103,19 @@ class IncidentEventsMixin(MovesMixin):
         await self._write(run)
 
     async def start_step(
-        self, incident_id: int | None, step_index: int, step_id: str, step_type: str, mutating: bool
+        self,
+        incident_id: int | None,
+        step_index: int,
+        step_id: str,
+        step_type: str,
+        mutating: bool,
+        *,
+        fence: Fence | None = None,
     ) -> int:
         status = lifecycle.move("step", Event.STEP_STARTED, None, S.RUNNING)
 
         async def run(conn: Conn) -> int:
+            await check_fence(conn, incident_id, fence)
             return int(
                 await conn.fetchval(
                     "INSERT INTO step_runs (incident_id, step_index, step_id, step_type, mutating, status,"
@@ -120,11 +133,12 @@ class IncidentEventsMixin(MovesMixin):
 
         return await self._write(run)
 
-    async def _incident_of_run(self, conn: Conn, run_id: int) -> None:
-        """Lock the run's incident before the run (the one lock order)."""
+    async def _incident_of_run(self, conn: Conn, run_id: int, fence: Fence | None) -> None:
+        """Lock the run's incident before the run (the one lock order), checking the fence."""
         incident_id = await conn.fetchval("SELECT incident_id FROM step_runs WHERE id = $1", run_id)
         if incident_id is not None:
             await self._lock_incident(conn, int(incident_id))
+            await check_fence(conn, int(incident_id), fence)
 
     async def finish_step(
         self,
@@ -136,11 +150,12 @@ class IncidentEventsMixin(MovesMixin):
         note: str | None = None,
         target: str | None = None,
         actor: str | None = None,
+        fence: Fence | None = None,
     ) -> StepRun:
         """A step run ended; the incident advances to ``next_step`` (and stops when told)."""
 
         async def run(conn: Conn) -> StepRun:
-            await self._incident_of_run(conn, run_id)
+            await self._incident_of_run(conn, run_id, fence)
             sr = await self._finish_run(conn, Event.STEP_FINISHED, run_id, result)
             if sr.incident_id is not None and (next_step is not None or incident_state or note):
                 await self._move_incident(
@@ -170,11 +185,13 @@ class IncidentEventsMixin(MovesMixin):
         *,
         next_step: int | None,
         target: str | None,
+        fence: Fence | None = None,
     ) -> StepRun | None:
         """No approval is offered (breaker, kill switch, a plan over a cap): a human must look."""
 
         async def run(conn: Conn) -> StepRun | None:
             await self._lock_incident(conn, incident_id)
+            await check_fence(conn, incident_id, fence)
             sr = None
             if run_id is not None and result is not None:
                 sr = await self._finish_run(conn, Event.ESCALATE, run_id, result)
@@ -189,8 +206,11 @@ class IncidentEventsMixin(MovesMixin):
 
         return await self._write(run)
 
-    async def finish(self, incident_id: int, state: IncidentState, note: str) -> None:
+    async def finish(
+        self, incident_id: int, state: IncidentState, note: str, *, fence: Fence | None = None
+    ) -> None:
         async def run(conn: Conn) -> None:
+            await check_fence(conn, incident_id, fence)
             new = await self._move_incident(conn, Event.FINISH, incident_id, state, note=note)
             await self._audit(
                 conn, "incident.finished", incident_id=incident_id, detail={"state": new, "note": note}
@@ -203,10 +223,15 @@ class IncidentEventsMixin(MovesMixin):
     def _orphaned(self, row: Row) -> bool:
         """Whether the work on a running step run or a claimed approval lost its process.
 
-        For now the SQLite rule: the ``host:pid`` owner no longer runs on this host. Replicas replace
-        this with the owner's lease having expired (the owner column stays who holds it).
+        The SQLite rule on this host: the ``host:pid`` owner no longer runs. Work owned on ANOTHER
+        host is never judged here (SQLite would call it dead, which for replicas sharing a database
+        would interrupt live work at every start): whether that replica lives is its lease's
+        question (:meth:`take_over` closes its work once the lease lapsed).
         """
-        return not owner_alive(row["owner"])
+        owner = row["owner"]
+        if owner and owner.rpartition(":")[0] != socket.gethostname():
+            return False
+        return not owner_alive(owner)
 
     async def interrupt_orphans(self) -> list[int]:
         """At start-up: whatever was running when its process died is marked interrupted.
@@ -248,6 +273,14 @@ class IncidentEventsMixin(MovesMixin):
                     ),
                 )
                 if not r["mutating"] or r["incident_id"] is None:
+                    # A diagnostic: safe to run again (the incident resumes), but on record.
+                    await self._audit(
+                        conn,
+                        "step.interrupted",
+                        incident_id=r["incident_id"],
+                        target=r["target"],
+                        detail={"step": sr.step_id, "type": sr.step_type, "mutating": False, "at": iso(now)},
+                    )
                     continue
                 affected.add(int(r["incident_id"]))
                 await self._audit(
@@ -272,7 +305,20 @@ class IncidentEventsMixin(MovesMixin):
                 row = await conn.fetchrow("SELECT * FROM approvals WHERE id = $1", ap.id)
                 if ap.state not in (A.APPROVED, A.EXECUTING) or not self._orphaned(one(row)):
                     continue
-                await self._move_approval(conn, Event.INTERRUPT, ap, A.INTERRUPTED, decided_at=now)
+                moved = await self._move_approval(conn, Event.INTERRUPT, ap, A.INTERRUPTED, decided_at=now)
+                if ap.state == A.APPROVED:
+                    # Never claimed: its gate step run still waits for a decision; it ends with it.
+                    await self._finish_run(
+                        conn,
+                        Event.INTERRUPT,
+                        moved.step_run_id,
+                        StepResult(
+                            S.INTERRUPTED,
+                            "interrupted: the bot stopped after the approval, before the action ran",
+                            plan=moved.plan,
+                            plan_hash=moved.plan_hash,
+                        ),
+                    )
                 affected.add(ap.incident_id)
             for inc_id in sorted(affected):
                 state = await self._lock_incident(conn, inc_id)

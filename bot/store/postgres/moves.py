@@ -13,14 +13,31 @@ import time
 from typing import Any
 
 from bot import lifecycle
-from bot.errors import NotFound
-from bot.incidents import Approval, ApprovalState, IncidentState, StepRun
+from bot.errors import LeaseLost, NotFound
+from bot.incidents import Approval, ApprovalState, IncidentState, StepRun, StepStatus
 from bot.lifecycle import Event
 from bot.store.postgres.base import Conn, one
 from bot.store.postgres.reads import ReadsMixin
-from bot.store.records import StepResult, approval_of, dumps, step_run_of
+from bot.store.records import Fence, StepResult, approval_of, dumps, step_run_of
 
 I = IncidentState  # noqa: E741
+
+NOW = "extract(epoch FROM clock_timestamp())::float8"
+"""The database's clock, for leases: replicas on several hosts compare one clock, not theirs."""
+
+
+async def check_fence(conn: Conn, incident_id: int | None, fence: Fence | None) -> None:
+    """Lock the incident and raise :class:`LeaseLost` unless ``fence`` still holds its lease (None:
+    no lease needed, e.g. a decision, which is a compare-and-set of its own). The row stays locked
+    to the end of the transaction, so the lease cannot change hands before the write commits."""
+    if fence is None or incident_id is None:
+        return
+    row = await conn.fetchrow(
+        "SELECT lease_owner, lease_token FROM incidents WHERE id = $1 FOR UPDATE", incident_id
+    )
+    if row is None or row["lease_owner"] != fence.owner or row["lease_token"] != fence.token:
+        held = f"{row['lease_owner']} (token {row['lease_token']})" if row is not None else "nobody"
+        raise LeaseLost(f"incident {incident_id}: lease lost to {held}; not writing for token {fence.token}")
 
 
 class MovesMixin(ReadsMixin):
@@ -128,3 +145,83 @@ class MovesMixin(ReadsMixin):
             *sets.values(),
         )
         return approval_of(one(row))
+
+    async def _interrupt_incident_work(
+        self, conn: Conn, incident_id: int, owner: str | None, now: float
+    ) -> int:
+        """Inside a transaction holding the incident's lock: close what a dead process left running.
+
+        Its running step runs become ``interrupted`` (an action's run keeps the keys it had recorded
+        as deleted, and counts as a failed action for the breaker); an approval it had claimed or was
+        about to run is ``interrupted``; if an action was involved the incident fails, so nothing
+        mutating ever runs again without a new approval. Returns the runs closed.
+        """
+        acted = False
+        closed = 0
+        target = await conn.fetchval("SELECT target FROM incidents WHERE id = $1", incident_id)
+        for r in await conn.fetch(
+            "SELECT * FROM step_runs WHERE incident_id = $1 AND status = 'running' ORDER BY id FOR UPDATE",
+            incident_id,
+        ):
+            done = step_run_of(r).data
+            sr = await self._finish_run(
+                conn,
+                Event.INTERRUPT,
+                r["id"],
+                StepResult(
+                    StepStatus.INTERRUPTED,
+                    "interrupted: the process running this step stopped",
+                    data=done,
+                    error=f"{owner or 'its process'} stopped while this step was running",
+                ),
+            )
+            closed += 1
+            if r["mutating"]:
+                acted = True
+                await self._audit(
+                    conn,
+                    "action.executed",
+                    incident_id=incident_id,
+                    target=target,
+                    plan_hash=sr.plan_hash,
+                    detail={
+                        "step": sr.step_id,
+                        "type": sr.step_type,
+                        "ok": False,
+                        "interrupted": True,
+                        "keys_affected": done.get("deleted"),
+                    },
+                )
+        for r in await conn.fetch(
+            "SELECT * FROM approvals WHERE incident_id = $1 AND state IN ('approved', 'executing')"
+            " ORDER BY id FOR UPDATE",
+            incident_id,
+        ):
+            before = approval_of(r)
+            ap = await self._move_approval(
+                conn, Event.INTERRUPT, before, ApprovalState.INTERRUPTED, decided_at=now
+            )
+            if before.state == ApprovalState.APPROVED:  # never claimed: its gate still waits; it ends with it
+                await self._finish_run(
+                    conn,
+                    Event.INTERRUPT,
+                    ap.step_run_id,
+                    StepResult(
+                        StepStatus.INTERRUPTED,
+                        "interrupted: the process stopped after the approval, before the action ran",
+                        plan=ap.plan,
+                        plan_hash=ap.plan_hash,
+                    ),
+                )
+            acted = True
+        state = await self._lock_incident(conn, incident_id)
+        if acted and lifecycle.is_open(state):
+            await self._move_incident(
+                conn,
+                Event.INTERRUPT,
+                incident_id,
+                I.FAILED,
+                note="a remediation was interrupted when its process stopped; it was not re-run",
+            )
+            await self._audit(conn, "step.interrupted", incident_id=incident_id, detail={"owner": owner})
+        return closed

@@ -5,7 +5,7 @@ check-and-apply runs in ONE transaction that first takes ``pg_advisory_xact_lock
 so the second replica waits, then finds ``schema_version`` current and applies nothing. DDL is
 transactional in PostgreSQL, so a migration that fails leaves no half-made schema behind.
 
-The tables mirror the SQLite backend's (same columns, same meaning, JSON kept as text exactly as the
+The tables mirror the SQLite backend's at its latest version (same columns, same meaning, JSON kept as text exactly as the
 code wrote it: a Redis key in a plan may hold bytes that ``jsonb`` refuses), so the row mappers of
 :mod:`bot.store.records` read both. The audit table is append-only by trigger: UPDATE, DELETE and
 TRUNCATE raise, whoever runs them (the bot, a migration, a person with psql and the app's role).
@@ -47,8 +47,12 @@ CREATE TABLE incidents (
     alert_count INTEGER NOT NULL DEFAULT 1,
     merged_into BIGINT,
     params TEXT NOT NULL DEFAULT '{}',
+    lease_owner TEXT,
+    lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+    lease_token BIGINT NOT NULL DEFAULT 0,
     CONSTRAINT incidents_alert_once UNIQUE (fingerprint, starts_at)
 );
+CREATE INDEX incidents_lease ON incidents (state, lease_until);
 CREATE INDEX incidents_state ON incidents (state);
 CREATE INDEX incidents_open_by_target ON incidents (target, playbook, state);
 CREATE INDEX incidents_firing_by_target ON incidents (target, alertname, alert_status);
@@ -120,6 +124,12 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
 
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE leaders (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    until DOUBLE PRECISION NOT NULL,
+    token BIGINT NOT NULL
+);
 """
 
 MIGRATIONS: tuple[str, ...] = (_V1,)
