@@ -187,6 +187,23 @@ async def test_two_concurrent_deciders_one_wins(store: Store, other: Store, requ
     assert (await kinds(store, ap.incident_id)).count("approval.decided") == 1
 
 
+async def test_a_refused_event_rolls_back_cleanly(store: Store) -> None:
+    """A refused event (already decided, wrong state) is common under concurrent clicks: it rolls
+    back its transaction itself, leaving nothing for the connection pool to complain about."""
+    loop = asyncio.get_running_loop()
+    complaints: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: complaints.append(context))
+    try:
+        ap = await approve(store, await waiting(store, "rb"))
+        for _ in range(3):
+            with pytest.raises(AlreadyDecided):
+                await approve(store, ap, who="bob")
+        assert await store.get_setting("x") is None, "the connection is usable"
+    finally:
+        loop.set_exception_handler(None)
+    assert complaints == []
+
+
 async def test_an_approval_is_claimed_once_by_10_concurrent_claimers(store: Store, other: Store) -> None:
     ap = await approve(store, await waiting(store, "c1"))
     claims = await asyncio.gather(

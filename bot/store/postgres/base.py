@@ -18,6 +18,7 @@ answers 503 and ``/readyz`` fails while the database is unreachable; the pool re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -71,6 +72,10 @@ class Conn:
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         return await self.raw.fetchval(sql, *map(storable, args))
+
+
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """A released connection needs no reset beyond the rollback the pool does anyway."""
 
 
 def lock_key(text: str) -> int:
@@ -139,6 +144,9 @@ class PGBase:
                 max_size=self.pool_max,
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
+                # The store keeps no session state on a connection (no SET, LISTEN, session
+                # locks): skip the reset query the pool would send at every release.
+                reset=_keep_session,
                 server_settings={
                     "application_name": "remediation-bot",
                     # The server's own deadlines, should the client's cancel not get through.
@@ -190,11 +198,15 @@ class PGBase:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 async with self._conn() as conn:
-                    # No arguments: one simple-query round trip for every statement in it. A
-                    # transaction left open by an error is rolled back when the pool takes the
-                    # connection back.
+                    # No arguments: one simple-query round trip for every statement in it.
                     await conn.raw.execute(begin)
-                    result = await fn(conn)
+                    try:
+                        result = await fn(conn)
+                    except BaseException:
+                        if not conn.raw.is_closed():
+                            with contextlib.suppress(Exception):  # else the pool rolls it back
+                                await conn.raw.execute("ROLLBACK")
+                        raise
                     await conn.raw.execute("COMMIT")
             except _RETRIED as exc:
                 if attempt == ATTEMPTS:
