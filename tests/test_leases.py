@@ -276,3 +276,25 @@ async def test_two_replicas_open_one_redis_down_and_the_survivor_leads(
         assert leader.job_runs("health_probe") == -1, "the killed leader is gone"
     finally:
         await store.close()
+
+
+async def test_a_restart_leaves_another_hosts_live_work_alone_until_its_lease_lapses(tmp_path: Path) -> None:
+    """A replica starting on host B must not interrupt what a live replica on host A is running:
+    B cannot see A's processes, so A's lease decides (before leases, a restart anywhere
+    interrupted every other host's running steps)."""
+    store = await SQLiteStore(tmp_path / "s.sqlite3").open()
+    try:
+        inc_id = await _incident(store)
+        other = "replica-on-another-host:4242"
+        fence = await store.acquire(inc_id, other, 0.2)
+        assert fence is not None and await store.begin(inc_id, fence=fence)
+        run_id = await store.start_step(inc_id, 0, "watch", "redis.monitor_sample", False, fence=fence)
+        await store._run(store.conn.execute, "UPDATE step_runs SET owner = ? WHERE id = ?", (other, run_id))
+        await store.interrupt_orphans()
+        assert (await store.get_step_run(run_id)).status == StepStatus.RUNNING, "its lease is live"
+        started = time.time()
+        await wait_for(lambda: time.time() > started + 0.3)
+        await store.interrupt_orphans()
+        assert (await store.get_step_run(run_id)).status == StepStatus.INTERRUPTED, "its lease lapsed"
+    finally:
+        await store.close()

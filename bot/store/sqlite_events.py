@@ -19,7 +19,6 @@ from bot.store.records import (
     IngestItem,
     StepResult,
     dumps,
-    owner_alive,
     process_owner,
     step_run_of,
 )
@@ -254,8 +253,8 @@ class IncidentEventsMixin(MovesMixin):
                     "SELECT s.*, i.target AS target FROM step_runs s LEFT JOIN incidents i ON i.id = s.incident_id"
                     " WHERE s.status = 'running'"
                 ).fetchall():
-                    if owner_alive(r["owner"]):
-                        continue  # another live process (a CLI `approve`) is running it
+                    if self._alive(conn, r["owner"], r["incident_id"], now):
+                        continue  # another live process (a CLI `approve`, a replica) is running it
                     done = step_run_of(r).data
                     sr = self._finish_run(
                         conn,
@@ -301,7 +300,7 @@ class IncidentEventsMixin(MovesMixin):
                 for r in conn.execute(
                     "SELECT id, incident_id, owner, state FROM approvals WHERE state IN ('approved', 'executing')"
                 ).fetchall():
-                    if owner_alive(r["owner"]):
+                    if self._alive(conn, r["owner"], r["incident_id"], now):
                         continue
                     ap = self._move_approval(conn, Event.INTERRUPT, r["id"], A.INTERRUPTED, decided_at=now)
                     if r["state"] == A.APPROVED:

@@ -10,7 +10,7 @@ from bot import lifecycle
 from bot.errors import LeaseLost, NotFound
 from bot.incidents import Approval, ApprovalState, IncidentState, StepRun, StepStatus
 from bot.lifecycle import Event
-from bot.store.records import Fence, StepResult, approval_of, dumps, step_run_of
+from bot.store.records import Fence, StepResult, approval_of, dumps, owner_alive, step_run_of
 from bot.store.sqlite_reads import ReadsMixin
 
 I = IncidentState  # noqa: E741
@@ -124,6 +124,18 @@ class MovesMixin(ReadsMixin):
         if row is None:
             raise NotFound(f"no approval {approval_id}")
         return approval_of(row)
+
+    @staticmethod
+    def _alive(conn: sqlite3.Connection, owner: str | None, incident_id: int | None, now: float) -> bool:
+        """Whether ``owner`` still works on ``incident_id``: a process of this host by its pid,
+        another host's by the incident's lease (held by it and not lapsed)."""
+        local = owner_alive(owner)
+        if local is not None or incident_id is None:
+            return bool(local)
+        row = conn.execute(
+            "SELECT lease_owner, lease_until FROM incidents WHERE id = ?", (incident_id,)
+        ).fetchone()
+        return row is not None and row["lease_owner"] == owner and row["lease_until"] >= now
 
     def _interrupt_incident_work(
         self, conn: sqlite3.Connection, incident_id: int, owner: str | None, now: float
