@@ -317,9 +317,9 @@ class RunnerCore:
                 pb = self.playbook_of(inc)
                 target = self.target_for(inc)
             except BotError as exc:
-                await self.store.fail(inc.id, str(exc), target=inc.target)
+                await self.store.fail(inc.id, str(exc), target=inc.target, fence=fence)
                 return await self._announce(inc.id)
-            if inc.status == IncidentState.NEW and not await self.store.begin(inc.id):
+            if inc.status == IncidentState.NEW and not await self.store.begin(inc.id, fence=fence):
                 return await self.store.get_incident(inc.id)
             inc = await self.store.get_incident(inc.id)
             if first:
@@ -346,7 +346,10 @@ class RunnerCore:
                 run = await self._run_readonly(inc, idx, step, target)
                 if run.status in FAILED_STATUSES and step.on_failure == "stop":
                     await self.store.finish(
-                        inc.id, IncidentState.FAILED, f"stopped: step {step.id} {run.status}"
+                        inc.id,
+                        IncidentState.FAILED,
+                        f"stopped: step {step.id} {run.status}",
+                        fence=self.fence(inc.id),
                     )
                     return await self._announce(inc.id)
             idx += 1
@@ -370,7 +373,7 @@ class RunnerCore:
             state, note = IncidentState.DIAGNOSED, inc.note or "diagnostics complete"
             if errors:
                 note += f"; {len(errors)} step(s) failed: {', '.join(s.step_id for s in errors)}"
-        await self.store.finish(incident_id, state, note)
+        await self.store.finish(incident_id, state, note, fence=self.fence(incident_id))
         return await self._announce(incident_id)
 
     async def _announce(self, incident_id: int) -> Incident:
@@ -388,9 +391,10 @@ class RunnerCore:
         return bool(checks) and checks[-1].status == StepStatus.OK
 
     async def _skip(self, inc: Incident, idx: int, step: Step, why: str) -> None:
-        run_id = await self.store.start_step(inc.id, idx, step.id, step.type.name, step.mutating)
+        fence = self.fence(inc.id)
+        run_id = await self.store.start_step(inc.id, idx, step.id, step.type.name, step.mutating, fence=fence)
         run = await self.store.finish_step(
-            run_id, StepResult(StepStatus.SKIPPED, why), next_step=idx + 1, target=inc.target
+            run_id, StepResult(StepStatus.SKIPPED, why), next_step=idx + 1, target=inc.target, fence=fence
         )
         await self.notifier.step_finished(inc, run)
 
@@ -422,13 +426,14 @@ class RunnerCore:
         run_fn = step.type.run
         assert run_fn is not None
         ctx = self.context(inc, target, step.id)
-        run_id = await self.store.start_step(inc.id, idx, step.id, step.type.name, False)
+        fence = self.fence(inc.id)
+        run_id = await self.store.start_step(inc.id, idx, step.id, step.type.name, False, fence=fence)
         out, status, error = await self.timed(step, lambda: run_fn(ctx, step.params), inc.id)
         if isinstance(out, StepOutput):
             result = StepResult(StepStatus(out.status), out.summary, out.details, out.data)
         else:
             result = StepResult(status, error or "", error=error)
-        run = await self.store.finish_step(run_id, result, next_step=idx + 1, target=target.name)
+        run = await self.store.finish_step(run_id, result, next_step=idx + 1, target=target.name, fence=fence)
         self.metrics.step_finished(step.type.name, str(run.status), run.duration_s)
         await self.notifier.step_finished(inc, run)
         return run

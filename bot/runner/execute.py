@@ -99,6 +99,7 @@ class ExecuteMixin(DecideMixin):
                 summary=f"approved by {', '.join(ap.approvers)}: {plan.summary}",
                 actor=who,
                 target=target.name,
+                fence=fence,
             )
             if run_id is None:
                 now = await self.store.get_approval(ap.id)
@@ -177,6 +178,7 @@ class ExecuteMixin(DecideMixin):
                 "stopped": data.get("stopped"),
                 "duration_s": round(time.monotonic() - started, 3),
             },
+            fence=self.fence(inc.id),
         )
         self.metrics.step_finished(step.type.name, str(run.status), run.duration_s)
         deleted = data.get("deleted")

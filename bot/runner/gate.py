@@ -33,7 +33,8 @@ class GateMixin(RunnerCore):
 
     async def gate(self, inc: Incident, pb: Playbook, idx: int, step: Step, target: RedisTarget) -> bool:
         """Plan a mutating step and ask for approval. True when the incident now waits (or stopped)."""
-        run_id = await self.store.start_step(inc.id, idx, step.id, step.type.name, True)
+        fence = self.fence(inc.id)
+        run_id = await self.store.start_step(inc.id, idx, step.id, step.type.name, True, fence=fence)
         plan, error, status, exc = await self.plan(inc, step, target)
         if plan is None:
             if isinstance(exc, OverCap):
@@ -45,6 +46,7 @@ class GateMixin(RunnerCore):
                     f"{step.id}: {error}",
                     next_step=idx + 1,
                     target=target.name,
+                    fence=fence,
                 )
                 await self._told(inc, run)
                 await self._announce(inc.id)
@@ -54,6 +56,7 @@ class GateMixin(RunnerCore):
                 StepResult(status, f"no plan: {error}", error=error),
                 next_step=idx + 1,
                 target=target.name,
+                fence=fence,
             )
             await self.notifier.step_finished(inc, run)
             return False
@@ -69,7 +72,9 @@ class GateMixin(RunnerCore):
                 StepStatus.SKIPPED, f"nothing to do: {plan.summary}", plan=plan_data, plan_hash=digest
             )
         if passed is not None:  # no approval needed: the playbook goes on
-            run = await self.store.finish_step(run_id, passed, next_step=idx + 1, target=target.name)
+            run = await self.store.finish_step(
+                run_id, passed, next_step=idx + 1, target=target.name, fence=fence
+            )
             await self.notifier.step_finished(inc, run)
             return False
         reason = await self.guardrails.reason(target.name)
@@ -81,6 +86,7 @@ class GateMixin(RunnerCore):
                 reason,
                 next_step=idx + 1,
                 target=target.name,
+                fence=fence,
             )
             await self._told(inc, run)
             await self._announce(inc.id)
@@ -98,6 +104,7 @@ class GateMixin(RunnerCore):
             ttl=self.config.approvals.ttl,
             target=target.name,
             requested_by=inc.requested_by,
+            fence=fence,
         )
         inc = await self.store.get_incident(inc.id)
         await self.notifier.approval_requested(inc, approval)

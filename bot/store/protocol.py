@@ -50,10 +50,19 @@ class Store(Protocol):
         requested_by: str | None = None,
         params: dict[str, Any] | None = None,
     ) -> int: ...
-    async def begin(self, incident_id: int) -> bool: ...
-    async def fail(self, incident_id: int, note: str, *, target: str | None = None) -> None: ...
+    async def begin(self, incident_id: int, *, fence: Fence | None = None) -> bool: ...
+    async def fail(
+        self, incident_id: int, note: str, *, target: str | None = None, fence: Fence | None = None
+    ) -> None: ...
     async def start_step(
-        self, incident_id: int | None, step_index: int, step_id: str, step_type: str, mutating: bool
+        self,
+        incident_id: int | None,
+        step_index: int,
+        step_id: str,
+        step_type: str,
+        mutating: bool,
+        *,
+        fence: Fence | None = None,
     ) -> int: ...
     async def finish_step(
         self,
@@ -65,6 +74,7 @@ class Store(Protocol):
         note: str | None = None,
         target: str | None = None,
         actor: str | None = None,
+        fence: Fence | None = None,
     ) -> StepRun: ...
     async def checkpoint(self, run_id: int, data: dict[str, Any]) -> None: ...
     async def escalate(
@@ -76,8 +86,11 @@ class Store(Protocol):
         *,
         next_step: int | None,
         target: str | None,
+        fence: Fence | None = None,
     ) -> StepRun | None: ...
-    async def finish(self, incident_id: int, state: IncidentState, note: str) -> None: ...
+    async def finish(
+        self, incident_id: int, state: IncidentState, note: str, *, fence: Fence | None = None
+    ) -> None: ...
     async def request_approval(
         self,
         incident_id: int,
@@ -93,6 +106,7 @@ class Store(Protocol):
         ttl: float,
         target: str | None,
         requested_by: str | None = None,
+        fence: Fence | None = None,
     ) -> Approval: ...
     async def decide(
         self,
@@ -121,7 +135,7 @@ class Store(Protocol):
         target: str | None = None,
     ) -> Approval | None: ...
     async def claim(
-        self, approval_id: int, *, summary: str, actor: str, target: str | None
+        self, approval_id: int, *, summary: str, actor: str, target: str | None, fence: Fence | None = None
     ) -> int | None: ...
     async def executed(
         self,
@@ -136,6 +150,7 @@ class Store(Protocol):
         actor: str,
         target: str | None,
         detail: dict[str, Any],
+        fence: Fence | None = None,
     ) -> StepRun: ...
     async def interrupt_orphans(self) -> list[int]: ...
 

@@ -75,12 +75,15 @@ def process_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def owner_alive(owner: str | None) -> bool:
-    """Whether the process that started some work still runs (only knowable on this host)."""
+def owner_alive(owner: str | None) -> bool | None:
+    """Whether the process that started some work still runs: True or False for a process of
+    this host, None for another host's (unknowable from here: its lease answers that)."""
     if not owner:
         return False
     host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+    if host != socket.gethostname():
+        return None
+    if not pid.isdigit() or int(pid) == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)

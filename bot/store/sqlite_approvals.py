@@ -16,11 +16,12 @@ from bot.errors import AlreadyDecided, DecisionConflict
 from bot.incidents import Approval, ApprovalState, Decision, IncidentState, StepRun, StepStatus
 from bot.lifecycle import Event
 from bot.store.records import (
+    Fence,
     StepResult,
     dumps,
     process_owner,
 )
-from bot.store.sqlite_moves import MovesMixin
+from bot.store.sqlite_moves import MovesMixin, check_fence
 
 I, A, S = IncidentState, ApprovalState, StepStatus  # noqa: E741
 
@@ -45,6 +46,7 @@ class ApprovalEventsMixin(MovesMixin):
         ttl: float,
         target: str | None,
         requested_by: str | None = None,
+        fence: Fence | None = None,
     ) -> Approval:
         """Ask for a decision on a plan: the step run waits, the incident waits, older pending
         approvals of the incident are superseded, all in one transaction."""
@@ -52,6 +54,7 @@ class ApprovalEventsMixin(MovesMixin):
         def run() -> Approval:
             now = time.time()
             with self._tx() as conn:
+                check_fence(conn, incident_id, fence)
                 for old in conn.execute(
                     "SELECT id FROM approvals WHERE incident_id = ? AND state = 'pending'", (incident_id,)
                 ).fetchall():
@@ -259,7 +262,9 @@ class ApprovalEventsMixin(MovesMixin):
 
         return await self._run(run)
 
-    async def claim(self, approval_id: int, *, summary: str, actor: str, target: str | None) -> int | None:
+    async def claim(
+        self, approval_id: int, *, summary: str, actor: str, target: str | None, fence: Fence | None = None
+    ) -> int | None:
         """approved -> executing, only while the incident's alert still fires: exactly one caller
         wins and gets the id of the action's new (running) step run; everyone else gets None.
 
@@ -270,6 +275,7 @@ class ApprovalEventsMixin(MovesMixin):
         def run() -> int | None:
             with self._tx() as conn:
                 ap = self._approval_row(conn, approval_id)
+                check_fence(conn, ap.incident_id, fence)
                 firing = conn.execute(
                     "SELECT alert_status FROM incidents WHERE id = ?", (ap.incident_id,)
                 ).fetchone()["alert_status"]
@@ -317,12 +323,14 @@ class ApprovalEventsMixin(MovesMixin):
         actor: str,
         target: str | None,
         detail: dict[str, Any],
+        fence: Fence | None = None,
     ) -> StepRun:
         """The action returned (or failed, or was stopped): executing -> executed, its run finished,
         the incident moves on, and the ``action.executed`` record the breaker counts."""
 
         def run() -> StepRun:
             with self._tx() as conn:
+                check_fence(conn, self._approval_row(conn, approval_id).incident_id, fence)
                 ap = self._move_approval(conn, Event.EXECUTED, approval_id, A.EXECUTED)
                 sr = self._finish_run(conn, Event.EXECUTED, run_id, result)
                 self._audit_step(conn, sr, target, actor)

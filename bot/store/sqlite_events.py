@@ -15,14 +15,14 @@ from bot import lifecycle
 from bot.incidents import ApprovalState, IncidentState, StepRun, StepStatus, iso
 from bot.lifecycle import Event
 from bot.store.records import (
+    Fence,
     IngestItem,
     StepResult,
     dumps,
-    owner_alive,
     process_owner,
     step_run_of,
 )
-from bot.store.sqlite_moves import MovesMixin
+from bot.store.sqlite_moves import MovesMixin, check_fence
 
 I, A, S = IncidentState, ApprovalState, StepStatus  # noqa: E741
 
@@ -84,11 +84,12 @@ class IncidentEventsMixin(MovesMixin):
 
         return await self._run(run)
 
-    async def begin(self, incident_id: int) -> bool:
+    async def begin(self, incident_id: int, *, fence: Fence | None = None) -> bool:
         """new -> diagnosing; False when the incident is not new (another worker began it)."""
 
         def run() -> bool:
             with self._tx() as conn:
+                check_fence(conn, incident_id, fence)
                 row = conn.execute("SELECT state FROM incidents WHERE id = ?", (incident_id,)).fetchone()
                 if row is None or row["state"] != I.NEW:
                     return False
@@ -97,11 +98,14 @@ class IncidentEventsMixin(MovesMixin):
 
         return await self._run(run)
 
-    async def fail(self, incident_id: int, note: str, *, target: str | None = None) -> None:
+    async def fail(
+        self, incident_id: int, note: str, *, target: str | None = None, fence: Fence | None = None
+    ) -> None:
         """An incident that cannot run at all (playbook or target gone, target refused)."""
 
         def run() -> None:
             with self._tx() as conn:
+                check_fence(conn, incident_id, fence)
                 self._move_incident(conn, Event.FINISH, incident_id, I.FAILED, note=note)
                 self._audit(
                     conn, "incident.failed", incident_id=incident_id, target=target, detail={"reason": note}
@@ -110,11 +114,19 @@ class IncidentEventsMixin(MovesMixin):
         await self._run(run)
 
     async def start_step(
-        self, incident_id: int | None, step_index: int, step_id: str, step_type: str, mutating: bool
+        self,
+        incident_id: int | None,
+        step_index: int,
+        step_id: str,
+        step_type: str,
+        mutating: bool,
+        *,
+        fence: Fence | None = None,
     ) -> int:
         def run() -> int:
             status = lifecycle.move("step", Event.STEP_STARTED, None, S.RUNNING)
             with self._tx() as conn:
+                check_fence(conn, incident_id, fence)
                 cur = conn.execute(
                     "INSERT INTO step_runs (incident_id, step_index, step_id, step_type, mutating, status, started_at,"
                     " owner) VALUES (?,?,?,?,?,?,?,?)",
@@ -143,11 +155,14 @@ class IncidentEventsMixin(MovesMixin):
         note: str | None = None,
         target: str | None = None,
         actor: str | None = None,
+        fence: Fence | None = None,
     ) -> StepRun:
         """A step run ended; the incident advances to ``next_step`` (and stops when told)."""
 
         def run() -> StepRun:
             with self._tx() as conn:
+                row = conn.execute("SELECT incident_id FROM step_runs WHERE id = ?", (run_id,)).fetchone()
+                check_fence(conn, row["incident_id"] if row else None, fence)
                 sr = self._finish_run(conn, Event.STEP_FINISHED, run_id, result)
                 if sr.incident_id is not None and (next_step is not None or incident_state or note):
                     self._move_incident(
@@ -183,11 +198,13 @@ class IncidentEventsMixin(MovesMixin):
         *,
         next_step: int | None,
         target: str | None,
+        fence: Fence | None = None,
     ) -> StepRun | None:
         """No approval is offered (breaker, kill switch, a plan over a cap): a human must look."""
 
         def run() -> StepRun | None:
             with self._tx() as conn:
+                check_fence(conn, incident_id, fence)
                 sr = None
                 if run_id is not None and result is not None:
                     sr = self._finish_run(conn, Event.ESCALATE, run_id, result)
@@ -206,9 +223,12 @@ class IncidentEventsMixin(MovesMixin):
 
         return await self._run(run)
 
-    async def finish(self, incident_id: int, state: IncidentState, note: str) -> None:
+    async def finish(
+        self, incident_id: int, state: IncidentState, note: str, *, fence: Fence | None = None
+    ) -> None:
         def run() -> None:
             with self._tx() as conn:
+                check_fence(conn, incident_id, fence)
                 new = self._move_incident(conn, Event.FINISH, incident_id, state, note=note)
                 self._audit(
                     conn, "incident.finished", incident_id=incident_id, detail={"state": new, "note": note}
@@ -233,8 +253,8 @@ class IncidentEventsMixin(MovesMixin):
                     "SELECT s.*, i.target AS target FROM step_runs s LEFT JOIN incidents i ON i.id = s.incident_id"
                     " WHERE s.status = 'running'"
                 ).fetchall():
-                    if owner_alive(r["owner"]):
-                        continue  # another live process (a CLI `approve`) is running it
+                    if self._alive(conn, r["owner"], r["incident_id"], now):
+                        continue  # another live process (a CLI `approve`, a replica) is running it
                     done = step_run_of(r).data
                     sr = self._finish_run(
                         conn,
@@ -248,6 +268,19 @@ class IncidentEventsMixin(MovesMixin):
                         ),
                     )
                     if not r["mutating"] or r["incident_id"] is None:
+                        # A diagnostic: safe to run again (the incident resumes), but on record.
+                        self._audit(
+                            conn,
+                            "step.interrupted",
+                            incident_id=r["incident_id"],
+                            target=r["target"],
+                            detail={
+                                "step": sr.step_id,
+                                "type": sr.step_type,
+                                "mutating": False,
+                                "at": iso(now),
+                            },
+                        )
                         continue
                     affected.add(int(r["incident_id"]))
                     self._audit(
@@ -267,9 +300,22 @@ class IncidentEventsMixin(MovesMixin):
                 for r in conn.execute(
                     "SELECT id, incident_id, owner, state FROM approvals WHERE state IN ('approved', 'executing')"
                 ).fetchall():
-                    if owner_alive(r["owner"]):
+                    if self._alive(conn, r["owner"], r["incident_id"], now):
                         continue
-                    self._move_approval(conn, Event.INTERRUPT, r["id"], A.INTERRUPTED, decided_at=now)
+                    ap = self._move_approval(conn, Event.INTERRUPT, r["id"], A.INTERRUPTED, decided_at=now)
+                    if r["state"] == A.APPROVED:
+                        # Never claimed: its gate step run still waits for a decision; it ends with it.
+                        self._finish_run(
+                            conn,
+                            Event.INTERRUPT,
+                            ap.step_run_id,
+                            StepResult(
+                                S.INTERRUPTED,
+                                "interrupted: the bot stopped after the approval, before the action ran",
+                                plan=ap.plan,
+                                plan_hash=ap.plan_hash,
+                            ),
+                        )
                     affected.add(int(r["incident_id"]))
                 for inc_id in sorted(affected):
                     state = conn.execute("SELECT state FROM incidents WHERE id = ?", (inc_id,)).fetchone()[

@@ -8,27 +8,12 @@ process took over. The scheduler's leader holds a named lease the same way.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
-from bot.errors import LeaseLost
 from bot.store.records import Fence
 from bot.store.sqlite_moves import MovesMixin
 
 _OPEN_SQL = "('new', 'diagnosing', 'awaiting_approval', 'remediating')"
-
-
-def check_fence(conn: sqlite3.Connection, incident_id: int | None, fence: Fence | None) -> None:
-    """Raise :class:`LeaseLost` unless ``fence`` still holds the incident's lease (None: no lease
-    needed, e.g. a decision, which is a compare-and-set of its own)."""
-    if fence is None or incident_id is None:
-        return
-    row = conn.execute(
-        "SELECT lease_owner, lease_token FROM incidents WHERE id = ?", (incident_id,)
-    ).fetchone()
-    if row is None or row["lease_owner"] != fence.owner or row["lease_token"] != fence.token:
-        held = f"{row['lease_owner']} (token {row['lease_token']})" if row is not None else "nobody"
-        raise LeaseLost(f"incident {incident_id}: lease lost to {held}; not writing for token {fence.token}")
 
 
 class LeasesMixin(MovesMixin):

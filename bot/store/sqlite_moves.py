@@ -7,13 +7,26 @@ import time
 from typing import Any
 
 from bot import lifecycle
-from bot.errors import NotFound
+from bot.errors import LeaseLost, NotFound
 from bot.incidents import Approval, ApprovalState, IncidentState, StepRun, StepStatus
 from bot.lifecycle import Event
-from bot.store.records import StepResult, approval_of, dumps, step_run_of
+from bot.store.records import Fence, StepResult, approval_of, dumps, owner_alive, step_run_of
 from bot.store.sqlite_reads import ReadsMixin
 
 I = IncidentState  # noqa: E741
+
+
+def check_fence(conn: sqlite3.Connection, incident_id: int | None, fence: Fence | None) -> None:
+    """Raise :class:`LeaseLost` unless ``fence`` still holds the incident's lease (None: no lease
+    needed, e.g. a decision, which is a compare-and-set of its own)."""
+    if fence is None or incident_id is None:
+        return
+    row = conn.execute(
+        "SELECT lease_owner, lease_token FROM incidents WHERE id = ?", (incident_id,)
+    ).fetchone()
+    if row is None or row["lease_owner"] != fence.owner or row["lease_token"] != fence.token:
+        held = f"{row['lease_owner']} (token {row['lease_token']})" if row is not None else "nobody"
+        raise LeaseLost(f"incident {incident_id}: lease lost to {held}; not writing for token {fence.token}")
 
 
 class MovesMixin(ReadsMixin):
@@ -111,6 +124,18 @@ class MovesMixin(ReadsMixin):
         if row is None:
             raise NotFound(f"no approval {approval_id}")
         return approval_of(row)
+
+    @staticmethod
+    def _alive(conn: sqlite3.Connection, owner: str | None, incident_id: int | None, now: float) -> bool:
+        """Whether ``owner`` still works on ``incident_id``: a process of this host by its pid,
+        another host's by the incident's lease (held by it and not lapsed)."""
+        local = owner_alive(owner)
+        if local is not None or incident_id is None:
+            return bool(local)
+        row = conn.execute(
+            "SELECT lease_owner, lease_until FROM incidents WHERE id = ?", (incident_id,)
+        ).fetchone()
+        return row is not None and row["lease_owner"] == owner and row["lease_until"] >= now
 
     def _interrupt_incident_work(
         self, conn: sqlite3.Connection, incident_id: int, owner: str | None, now: float
