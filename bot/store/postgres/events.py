@@ -7,7 +7,6 @@ before its state is checked (:mod:`bot.store.postgres.moves`).
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Any
 
@@ -15,7 +14,7 @@ from bot import lifecycle
 from bot.incidents import ApprovalState, IncidentState, StepRun, StepStatus, iso
 from bot.lifecycle import Event
 from bot.store.postgres.base import Conn, one
-from bot.store.postgres.moves import MovesMixin, check_fence
+from bot.store.postgres.moves import NOW, MovesMixin, check_fence
 from bot.store.records import Fence, IngestItem, Row, StepResult, dumps, owner_alive, step_run_of
 
 I, A, S = IncidentState, ApprovalState, StepStatus  # noqa: E741
@@ -220,18 +219,22 @@ class IncidentEventsMixin(MovesMixin):
 
     # -- interrupted work ----------------------------------------------------------------------------
 
-    def _orphaned(self, row: Row) -> bool:
+    @staticmethod
+    async def _orphaned(conn: Conn, row: Row) -> bool:
         """Whether the work on a running step run or a claimed approval lost its process.
 
-        The SQLite rule on this host: the ``host:pid`` owner no longer runs. Work owned on ANOTHER
-        host is never judged here (SQLite would call it dead, which for replicas sharing a database
-        would interrupt live work at every start): whether that replica lives is its lease's
-        question (:meth:`take_over` closes its work once the lease lapsed).
+        A process of this host by its pid; another host's (a replica) by the incident's lease: it
+        still works there while it holds the lease and the lease has not lapsed (database clock).
         """
-        owner = row["owner"]
-        if owner and owner.rpartition(":")[0] != socket.gethostname():
-            return False
-        return not owner_alive(owner)
+        local = owner_alive(row["owner"])
+        if local is not None or row["incident_id"] is None:
+            return not local
+        held = await conn.fetchval(
+            f"SELECT lease_owner = $2 AND lease_until >= {NOW} FROM incidents WHERE id = $1",  # noqa: S608
+            row["incident_id"],
+            row["owner"],
+        )
+        return not held
 
     async def interrupt_orphans(self) -> list[int]:
         """At start-up: whatever was running when its process died is marked interrupted.
@@ -258,7 +261,7 @@ class IncidentEventsMixin(MovesMixin):
                     " WHERE s.id = $1 AND s.status = 'running' FOR UPDATE OF s",
                     candidate["id"],
                 )
-                if r is None or not self._orphaned(r):
+                if r is None or not await self._orphaned(conn, r):
                     continue  # finished meanwhile, or another live process (a CLI `approve`) runs it
                 done = step_run_of(r).data
                 sr = await self._finish_run(
@@ -303,7 +306,7 @@ class IncidentEventsMixin(MovesMixin):
             for candidate in claimed:
                 ap = await self._lock_approval(conn, int(candidate["id"]))
                 row = await conn.fetchrow("SELECT * FROM approvals WHERE id = $1", ap.id)
-                if ap.state not in (A.APPROVED, A.EXECUTING) or not self._orphaned(one(row)):
+                if ap.state not in (A.APPROVED, A.EXECUTING) or not await self._orphaned(conn, one(row)):
                     continue
                 moved = await self._move_approval(conn, Event.INTERRUPT, ap, A.INTERRUPTED, decided_at=now)
                 if ap.state == A.APPROVED:
