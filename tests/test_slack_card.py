@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestClient
 from bot.alerts import Notification
 from bot.app import create_app
 from bot.chat.console import ConsoleNotifier
+from bot.chat.slack import SlackNotifier
 from bot.chat.slack_settings import SlackSettings
 from bot.config import load_config
 from bot.engine import Engine
@@ -205,8 +206,7 @@ async def test_a_reminder_at_half_life_when_nobody_decided(
     await bot.alert("TestEvict")
     await bot.approval_message()
     reminders = await wait_for(lambda: fake.find("Still waiting for a decision"))
-    (task,) = bot.slack.reminders.values()
-    await wait_for(task.done)
+    await wait_for(lambda: not bot.slack.reminders)  # the timer is done
     asked, reminded = posts_mentioning(fake, MENTION_ALICE)
     assert "approval needed" in asked and "still waiting" in reminded
     calls = posts_calling(fake, MENTION_ALICE)
@@ -215,6 +215,25 @@ async def test_a_reminder_at_half_life_when_nobody_decided(
     await bot.slack.flush()
     assert len(reminders) == len(fake.find("Still waiting for a decision")) == 1, "once"
     assert (await bot.store.get_approval(1)).chat_ref["reminded"] == reminders[0].ts
+
+
+async def test_a_restarted_bot_arms_the_reminder_again(
+    make_bot: MakeBot, fake: SlackFake, redis_sync: redis.Redis
+) -> None:
+    """The timer lives in the process; the service re-arms pending requests' timers when it starts."""
+    bot = await make_bot("approvals: {ttl: 2s}\n", bundled=False)
+    seed_platform(redis_sync, agents=20)
+    await bot.alert("TestEvict")
+    await bot.approval_message()
+    for task in list(bot.slack.reminders.values()):
+        task.cancel()  # the process that set the timer is gone
+    await wait_for(lambda: not bot.slack.reminders)
+    restarted = SlackNotifier(bot.slack.client, bot.slack.config, bot.engine)
+    try:
+        assert await restarted.rearm_reminders() == 1
+        await wait_for(lambda: fake.find("Still waiting for a decision"))
+    finally:
+        await restarted.close()
 
 
 async def test_no_reminder_after_a_decision(
@@ -228,7 +247,7 @@ async def test_no_reminder_after_a_decision(
     await bot.wait_status(IncidentState.VERIFIED)
     ap = await bot.store.get_approval(1)
     half = ap.expires_ts - 1.0
-    await wait_for(lambda: time.time() > half + 0.3 and all(t.done() for t in bot.slack.reminders.values()))
+    await wait_for(lambda: time.time() > half + 0.3 and not bot.slack.reminders)
     await bot.slack.flush()
     assert not fake.find("Still waiting for a decision")
     assert len(posts_mentioning(fake, MENTION_ALICE)) == 1

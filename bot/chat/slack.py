@@ -110,7 +110,7 @@ class SlackNotifier:
         self.mentions = mentions or Mentions(config, client)
         self.outbox = Outbox(config.min_interval, on_error=self._failed)
         self.reminders: dict[int, asyncio.Task[None]] = {}
-        """Reminder timers by approval id (tests wait for them; close cancels them)."""
+        """Reminder timers still waiting, by approval id (close cancels them)."""
         self._refs: dict[int, dict[str, Any]] = {}
         self._progress: dict[int, dict[str, str]] = {}
         self._progress_at: dict[tuple[int, str], float] = {}
@@ -373,7 +373,14 @@ class SlackNotifier:
 
         task = asyncio.create_task(later(), name=f"slack-reminder-{ap.id}")
         self.reminders[ap.id] = task
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self.reminders.get(ap.id) is t:
+                del self.reminders[ap.id]
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("slack: reminder for approval %s failed: %s", ap.id, t.exception())
+
+        task.add_done_callback(done)
 
     def _disarm(self, approval_id: int) -> None:
         task = self.reminders.get(approval_id)
@@ -417,7 +424,10 @@ class SlackNotifier:
             self._digest_job(incident.id)
 
     async def step_finished(self, incident: Incident, run: StepRun) -> None:
-        self._progress.get(incident.id, {}).pop(run.step_id, None)
+        running = self._progress.get(incident.id, {})
+        running.pop(run.step_id, None)
+        if not running:
+            self._progress.pop(incident.id, None)
         self._progress_at.pop((incident.id, run.step_id), None)
         part = view.part_of(incident, run)
         if part == view.Part.ACTION:

@@ -1,9 +1,10 @@
-"""Block Kit views of incidents, step results, approvals and command output.
+"""Block Kit helpers, approval requests, notices and slash-command output.
 
 Written for an on-call engineer reading a phone at 3 a.m.: the first line says what happened and
-what the bot wants, figures come next, raw output last in a code block cut to a readable size.
-Every message also carries a plain ``text``, which is what push notifications and screen readers
-show. Pure functions: no I/O, so the views are easy to test and to reuse from slash commands.
+what the bot wants, figures come next. Every message also carries a plain ``text``, which is what
+push notifications and screen readers show. The incident card and its thread (digest, results)
+are in :mod:`bot.chat.slack_card`; raw output appears only in answers to ``/redis`` commands, in a
+code block cut to a readable size. Pure functions: no I/O, so the views are easy to test and reuse.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ APPROVE_ACTION = "approve"
 DENY_ACTION = "deny"
 
 DETAILS_LIMIT = 2500
-"""Characters of raw step output shown in a thread; Slack cuts a section at 3,000."""
+"""Characters of raw output in a ``/redis`` answer; Slack cuts a section at 3,000."""
 SECTION_LIMIT = 2900
 TEXT_LIMIT = 300
 """The plain ``text`` of a message: a push notification, so short."""
