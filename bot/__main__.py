@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -158,10 +159,12 @@ def _print_incident(inc: Any) -> None:
     print(f"  target: {inc.target or '-'}   playbook: {inc.playbook or '-'}   started: {inc.starts_at}")
     if inc.note:
         print(f"  note: {inc.note}")
-    for s in inc.steps:
+    for s in inc.steps:  # in full: the chats show a digest and point here for the rest
         print(f"  [{s.status}] {s.step_id} ({s.step_type}): {s.summary}")
         if s.error and s.error != s.summary:
             print(f"      error: {s.error}")
+        if s.details.strip():
+            print(textwrap.indent(s.details.rstrip(), "      "))
     if inc.pending_step:
         print(
             f"  waiting for approval: {inc.pending_step['id']} -> remediation-bot approve {inc.id} --config ..."

@@ -18,7 +18,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
@@ -249,10 +249,42 @@ class GuardrailConfig(StrictModel):
     )
 
 
+_MENTION = re.compile(r"^(?:[UWS][A-Z0-9]{2,}|@?[a-z0-9][a-z0-9._-]*)$")
+
+
 class SlackConfig(StrictModel):
+    """Where incidents go in Slack, who may approve, and who is called when a human is needed.
+
+    ``mention``: who an approval request, its reminder and an escalation mention (user IDs ``U…``,
+    user group IDs ``S…`` or handles, ``@here``); unset means the approver group and the approvers,
+    ``[]`` nobody. ``incident_url``: a link shown on the card, ``{id}`` replaced by the incident's
+    number (your incident tool; the bot serves no page of its own). ``min_interval``: at most one
+    message or edit per channel this often (Slack allows about one a second; bursts queue).
+    """
+
     channel: str | None = None
     approvers: list[str] = Field(default_factory=list)
     approver_group: str | None = None
+    mention: list[str] | None = None
+    remind: bool = True
+    details: Literal["file", "command"] = "file"
+    incident_url: str | None = None
+    min_interval: Duration = Field(default=1.0, ge=0.0, le=60.0)
+
+    @field_validator("mention")
+    @classmethod
+    def _check_mentions(cls, v: list[str] | None) -> list[str] | None:
+        for m in v or []:
+            if not _MENTION.fullmatch(m):
+                raise ValueError(f"{m!r}: a user ID (U…), a user group ID (S…) or handle, or @here")
+        return v
+
+    @field_validator("incident_url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// ({id} is replaced by the incident number)")
+        return v
 
 
 class PrometheusConfig(StrictModel):

@@ -168,6 +168,9 @@ class Incident(BaseModel):
     alert_count: int = 1
     """Alerts this incident stands for (alerts of the same playbook and target join an open one)."""
     merged_into: int | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+    """Where people look at the alert, as it came: ``generator`` (the alert's Prometheus graph,
+    ``generatorURL``) and ``alertmanager`` (the notification's ``externalURL``)."""
     steps: list[StepRun] = Field(default_factory=list)
     pending_step: dict[str, Any] | None = None
 

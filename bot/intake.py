@@ -59,7 +59,8 @@ def match_alert(
         note = "no target in the config matches the alert's labels"
     if pb is None:
         note = f"no playbook handles alertname={alert.alertname!r}" + (f"; {note}" if note else "")
-    return IngestItem(alert, pb.name if pb else None, target, index, note, source, refused)
+    links = {"generator": alert.generator_url} if alert.generator_url else {}
+    return IngestItem(alert, pb.name if pb else None, target, index, note, source, refused, links)
 
 
 class Intake:
@@ -73,6 +74,9 @@ class Intake:
 
     async def receive(self, notification: Notification) -> IngestResult:
         items = [match_alert(a, self.config, self.playbooks) for a in notification.alerts]
+        if notification.external_url:  # Alertmanager's own URL: the card links to the alert there
+            for it in items:
+                it.links["alertmanager"] = notification.external_url
         return await self.receive_items(items)
 
     async def receive_items(self, items: Sequence[IngestItem]) -> IngestResult:

@@ -1,8 +1,17 @@
 """A local fake of the Slack Web API (and of response_url), recording everything the bot sends.
 
 It answers the methods the bot uses the way Slack does (``{"ok": true, ...}``), keeps the current
-content of every message it was sent (so a test can read a message after its edits), and can be
-made to fail (HTTP 500) or hang, to show that Slack trouble never blocks the bot.
+content of every message it was sent and the text of each earlier version (so a test can read a
+message after its edits, and the states it went through), and can be made to fail (HTTP 500) or
+hang, to show that Slack trouble never blocks the bot.
+
+Rate limits are opt-in: with ``rate_limit=1.0`` a write to a channel (``chat.postMessage``,
+``chat.update``, ``files.completeUploadExternal``) less than a second after the previous accepted
+one is answered ``429`` with ``Retry-After``, as Slack does ("about one message per second per
+channel"); ``rate_limit`` is that window in seconds. ``throttle(n)`` answers the next ``n`` writes
+429 whatever their timing. Files are uploaded the current way: ``files.getUploadURLExternal``, a
+POST of the bytes to the URL it returns, then ``files.completeUploadExternal``, which shares the
+file into the thread as a message.
 Point the bot at it with ``SlackSettings(api_url=fake.api_url)`` (``SLACK_API_URL`` in production).
 """
 
@@ -13,6 +22,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +43,8 @@ class Call:
     args: dict[str, Any]
     token: str | None
     answered: bool = True
+    at: float = field(default_factory=time.monotonic)
+    status: int = 200
 
 
 @dataclass
@@ -45,6 +57,10 @@ class Message:
     blocks: list[dict[str, Any]]
     thread_ts: str | None = None
     edits: int = 0
+    history: list[str] = field(default_factory=list)
+    """The plain ``text`` of every version, oldest first (the current one last)."""
+    file: dict[str, Any] | None = None
+    """A file shared into the conversation by ``files.completeUploadExternal`` (its content too)."""
 
     @property
     def buttons(self) -> list[dict[str, Any]]:
@@ -80,6 +96,14 @@ class SlackFake:
     responses: list[dict[str, Any]] = field(default_factory=list)
     failing: bool = False
     hanging: bool = False
+    errors: dict[str, str] = field(default_factory=dict)
+    """Method -> the Slack error it answers (``{"ok": false, "error": ...}``), e.g. a missing scope."""
+    rate_limit: float | None = None
+    rate_limited: list[Call] = field(default_factory=list)
+    """Calls answered 429."""
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    _last_write: dict[str, float] = field(default_factory=dict)
+    _throttle: int = 0
     base_url: str = ""
     socket_inbox: list[dict[str, Any]] = field(default_factory=list)
     _socket_outbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
@@ -90,6 +114,7 @@ class SlackFake:
         self.app = web.Application()
         self.app.router.add_route("*", "/api/{method}", self._api)
         self.app.router.add_post("/respond/{id}", self._respond)
+        self.app.router.add_post("/upload/{id}", self._upload)
         self.app.router.add_get("/socket", self._socket)
 
     @property
@@ -98,6 +123,10 @@ class SlackFake:
 
     def response_url(self, name: str = "cmd") -> str:
         return f"{self.base_url}/respond/{name}"
+
+    def throttle(self, n: int = 1) -> None:
+        """Answer the next ``n`` channel writes 429 (Retry-After: 1), whatever their timing."""
+        self._throttle = n
 
     def release(self) -> None:
         """End the hang: requests waiting are answered (with 500s)."""
@@ -149,11 +178,41 @@ class SlackFake:
             return web.Response(status=500, text="upstream was hanging")
         if self.failing:
             return web.Response(status=500, text="upstream trouble")
+        limited = self._rate_limited(method, args, call)
+        if limited is not None:
+            return limited
         call.answered = True
+        if method in self.errors:
+            return web.json_response({"ok": False, "error": self.errors[method]})
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
         return web.json_response({"ok": True, **handler(args)})
+
+    def _rate_limited(self, method: str, args: dict[str, Any], call: Call) -> web.Response | None:
+        """429 for a channel write too soon after the previous one (when rate limits are on)."""
+        channel = args.get("channel") or args.get("channel_id")
+        if method not in _WRITES or not channel:
+            return None
+        now = time.monotonic()
+        wait = 1.0
+        if self._throttle > 0:
+            self._throttle -= 1
+        elif self.rate_limit is not None and now - self._last_write.get(channel, -1e9) < self.rate_limit:
+            wait = self.rate_limit - (now - self._last_write[channel])
+        else:
+            self._last_write[channel] = now
+            return None
+        call.status = 429
+        self.rate_limited.append(call)
+        return web.json_response(
+            {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(math.ceil(wait))}
+        )
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        self.uploads[request.match_info["id"]] = await request.read()
+        self.calls.append(Call("upload", {"file": request.match_info["id"]}, None))
+        return web.Response(text="OK - 200")
 
     async def _respond(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -198,6 +257,7 @@ class SlackFake:
         ts = self._next_ts()
         msg = Message(str(args["channel"]), ts, str(args.get("text", "")), list(args.get("blocks") or []),
                       args.get("thread_ts"))  # fmt: skip
+        msg.history.append(msg.text)
         self.messages[ts] = msg
         return {"channel": msg.channel, "ts": ts, "message": {"text": msg.text, "ts": ts}}
 
@@ -206,7 +266,29 @@ class SlackFake:
         msg.text = str(args.get("text", msg.text))
         msg.blocks = list(args.get("blocks") or [])
         msg.edits += 1
+        msg.history.append(msg.text)
         return {"channel": msg.channel, "ts": msg.ts, "text": msg.text}
+
+    def _m_files_getUploadURLExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        file_id = f"F{next(self._ts):08d}"
+        return {"upload_url": f"{self.base_url}/upload/{file_id}", "file_id": file_id}
+
+    def _m_files_completeUploadExternal(self, args: dict[str, Any]) -> dict[str, Any]:
+        files = (
+            json.loads(args["files"]) if isinstance(args.get("files"), str) else list(args.get("files") or [])
+        )
+        shared = []
+        for f in files:
+            content = self.uploads.get(f["id"], b"").decode()
+            info = {"id": f["id"], "title": f.get("title", ""), "content": content}
+            shared.append({"id": f["id"], "title": info["title"]})
+            if args.get("channel_id"):
+                ts = self._next_ts()
+                msg = Message(str(args["channel_id"]), ts, str(args.get("initial_comment") or ""), [],
+                              args.get("thread_ts"), file=info)  # fmt: skip
+                msg.history.append(msg.text)
+                self.messages[ts] = msg
+        return {"files": shared}
 
     def _m_chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"message_ts": self._next_ts()}
@@ -219,6 +301,10 @@ class SlackFake:
 
     def _m_apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"url": self.base_url.replace("http", "ws", 1) + "/socket"}
+
+
+_WRITES = frozenset({"chat.postMessage", "chat.update", "files.completeUploadExternal"})
+"""Methods that write into a channel: what the opt-in rate limit counts."""
 
 
 # -- signing requests as Slack does -----------------------------------------------------------------

@@ -127,9 +127,14 @@ async def test_kill_switch_turned_on_from_outside_lets_at_most_one_batch_finish(
     populate(redis_sync, KEYS)
     switch = asyncio.Event()
     left_at_flip = 0
+    asked_after_flip = 0
 
     async def should_stop() -> str | None:
-        return "the kill switch is on (test)" if switch.is_set() else None
+        nonlocal asked_after_flip
+        if not switch.is_set():
+            return None
+        asked_after_flip += 1
+        return "the kill switch is on (test)"
 
     async def watch(watcher: aioredis.Redis) -> None:
         nonlocal left_at_flip
@@ -151,7 +156,10 @@ async def test_kill_switch_turned_on_from_outside_lets_at_most_one_batch_finish(
         await watcher.aclose()
     left = redis_sync.dbsize()
     assert stopped.value.done["deleted"] == KEYS - left
-    assert 0 <= left_at_flip - left <= BATCH, f"{left_at_flip - left} keys deleted after the flip"
+    # The eviction stops at its first check after the flip: only the batch already sent completes.
+    assert asked_after_flip == 1
+    # DBSIZE is read on another connection, so it may be one batch stale when the switch flips.
+    assert 0 <= left_at_flip - left <= 2 * BATCH, f"{left_at_flip - left} keys deleted after the flip"
     assert left > 0
 
 

@@ -270,7 +270,7 @@ def test_the_alert_count_is_shown_in_the_thread_and_on_the_console() -> None:
     import json
 
     from bot.chat.console import ConsoleNotifier
-    from bot.chat.slack_blocks import incident_message
+    from bot.chat.slack_card import incident_message
     from bot.incidents import Incident
 
     inc = Incident(

@@ -346,7 +346,13 @@ async def test_scheduler_off_and_on(aiohttp_client: Any, tmp_path: Path, redis_s
     assert SCHEDULER not in off.app
     (tmp_path / "on").mkdir()
     on = await start_app(aiohttp_client, tmp_path / "on", redis_server.url, "")
-    assert set(scheduler_of(on).job_ids()) == {"health_probe", "approval_expiry", "backup_check", "digest", "leadership"}
+    assert set(scheduler_of(on).job_ids()) == {
+        "health_probe",
+        "approval_expiry",
+        "backup_check",
+        "digest",
+        "leadership",
+    }
 
 
 # -- config ------------------------------------------------------------------------------------------

@@ -22,16 +22,18 @@ import redis.asyncio as aioredis
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
+from bot.alerts import Alert
 from bot.app import ENGINE, create_app
+from bot.chat.slack import SlackNotifier
 from bot.chat.slack_commands import COMMAND
 from bot.chat.slack_settings import SlackSettings
 from bot.config import load_config
 from bot.engine import Engine
 from bot.errors import ConfigError
 from bot.identity import cli_actor
-from bot.incidents import IncidentState
+from bot.incidents import IncidentState, StepStatus
 from bot.runner import Runner
-from bot.store import Store
+from bot.store import IngestItem, StepResult, Store
 from tests.conftest import RecordingNotifier, RedisServer, alert_payload, seed_platform, wait_for
 from tests.slack_fake import (
     Message,
@@ -160,6 +162,13 @@ class SlackBot:
     def parent(self) -> Message:
         return self.fake.posted(thread=False)[0]
 
+    @property
+    def slack(self) -> SlackNotifier:
+        """The Slack notifier itself (the runner holds it wrapped in a SafeNotifier)."""
+        notifier = self.runner.notifier.inner
+        assert isinstance(notifier, SlackNotifier)
+        return notifier
+
 
 def text_of(response: dict[str, Any]) -> str:
     """All text in a response_url answer or an ack (text plus block texts)."""
@@ -192,7 +201,8 @@ def write_bot_config(tmp_path: Path, redis_url: str, extra: str = "") -> Path:
         f"targets:\n  - match: {{job: redis}}\n    name: cache\n    url: {redis_url}\n"
         "playbooks: playbooks\nprotected_patterns: ['sess:*', 'agent:pinned:*']\n"
         "scheduler: {enabled: false}\n"  # expiry is driven by the tests, no probe surprises
-        f"slack: {{channel: {CHANNEL}, approvers: [{ALICE}, {BOB}], approver_group: redis-oncall}}\n{extra}"
+        f"slack: {{channel: {CHANNEL}, approvers: [{ALICE}, {BOB}], approver_group: redis-oncall, min_interval: 0.01}}\n"
+        f"{extra}"
     )
     return path
 
@@ -255,8 +265,9 @@ async def test_alert_to_approval_to_verified_result_in_one_thread(
     value = json.loads(approval.buttons[0]["value"])
     assert value == {"incident": 1, "approval": pending["approval_id"], "plan": pending["plan_hash"]}
     assert [b["action_id"] for b in approval.buttons] == ["approve", "deny"]
-    first = bot.replies(parent)[0]
-    assert first.all_text.startswith("#1 memory ok") and "memory" in first.all_text
+    digest = bot.replies(parent)[0]
+    assert "*Diagnosis*" in digest.all_text and ":white_check_mark: *memory* memory" in digest.all_text
+    assert "```" not in digest.all_text, "raw output goes to the details file, not into the thread"
     assert agent_keys(redis_sync) == 301, "nothing is deleted before the click"
 
     resp = await bot.click(ALICE, "approve", approval)
@@ -264,6 +275,7 @@ async def test_alert_to_approval_to_verified_result_in_one_thread(
     await bot.wait_status(IncidentState.VERIFIED)
     assert "executed: deleted 300 keys" in await bot.ephemeral(ALICE)
     await wait_for(lambda: "fixed and verified" in parent.all_text)
+    await bot.slack.flush()  # the thread is written in the background, in order
     assert not approval.buttons and "*Approved* by <@UALICE>" in approval.all_text
     thread = "\n".join(m.all_text for m in bot.replies(parent))
     assert "deleted 300 keys matching agent:*" in thread and "1 protected skipped" in thread
@@ -312,6 +324,7 @@ async def test_unauthorized_click_changes_nothing_and_group_members_may_approve(
     # CAROL is not on the list but is in the approver group (resolved from its handle).
     await bot.click(CAROL, "approve", approval)
     await bot.wait_status(IncidentState.VERIFIED)
+    await bot.slack.flush()
     assert agent_keys(redis_sync) == 0
     assert fake.of("usergroups.users.list")[0].args["usergroup"] == GROUP_ID
     assert "<@UCAROL>" in approval.all_text and not approval.buttons
@@ -475,11 +488,8 @@ async def test_expired_request_loses_its_buttons(
     value = approval.buttons[0]["value"]
     # The expiry job's pass, run until the 1 s TTL has passed (earlier passes close nothing).
     assert await wait_for(bot.runner.expire_approvals, timeout=10) == 1
-    assert (
-        not approval.buttons
-        and "*Expired*" in approval.all_text
-        and "nobody decided in time" in approval.all_text
-    )
+    await wait_for(lambda: not approval.buttons)
+    assert "*Expired*" in approval.all_text and "nobody decided in time" in approval.all_text
     await wait_for(lambda: "approval for evict expired" in bot.parent().all_text)
     await bot.click(ALICE, "approve", approval, value=value)
     assert "expired" in await bot.ephemeral(ALICE)
@@ -628,10 +638,12 @@ async def test_run_a_playbook_by_hand(bot: SlackBot, fake: SlackFake, redis_sync
     assert "Incident #1" in text and "playbook `diag-test` on `cache`" in text and "<@UBOB>" in text
     inc = await bot.wait_status(IncidentState.DIAGNOSED)
     assert inc.source == "slack" and inc.labels["requested_by"] == "slack:UBOB"
+    await bot.slack.flush()
     parent = bot.parent()
-    await wait_for(lambda: len(bot.replies(parent)) == 2)
     assert "TestDiag" in parent.all_text and "asked by <@UBOB>" in parent.all_text
-    assert "PONG" in bot.replies(parent)[0].all_text
+    digest, details = bot.replies(parent)  # every step in a line, and their full output as a file
+    assert "*ping*" in digest.all_text and "*clients*" in digest.all_text and "PONG" in digest.all_text
+    assert details.file is not None and "== clients (redis.clients" in details.file["content"]
     await bot.command(BOB, "run nosuch", "bad")
     bad = text_of(await bot.response("bad"))
     assert "no playbook named `nosuch`" in bad and "`evict-test`" in bad
@@ -716,8 +728,10 @@ async def test_slack_down_does_not_block_the_webhook_or_lose_the_incident(
     body = await bot.alert("TestEvict")
     assert time.monotonic() - started < 1.0 and body["new_incidents"] == [1]
     inc = await bot.wait_status(IncidentState.AWAITING_APPROVAL)
-    assert inc.pending_step is not None and not inc.chat_ref
-    assert not fake.messages and fake.calls, "Slack was asked and failed"
+    await wait_for(lambda: fake.calls)
+    await bot.slack.flush()
+    assert inc.pending_step is not None and not (await bot.incident()).chat_ref
+    assert not fake.messages, "Slack was asked and failed"
 
     fake.failing = False
     await bot.command(ALICE, "incidents")
@@ -813,27 +827,47 @@ def test_slack_needs_a_channel(tmp_path: Path, redis_server: RedisServer) -> Non
         create_app(load_config(path), slack=SlackSettings(bot_token="xoxb", signing_secret="s"))
 
 
-async def test_progress_is_one_message_edited_into_the_result(
+async def test_progress_edits_a_message_and_never_posts_one(
     bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
 ) -> None:
+    """A long step's progress adds no message: a diagnostic's shows in the digest, an action's in
+    the message that then carries its result."""
     await bot.command(ALICE, "run diag-test")
     inc = await bot.wait_status(IncidentState.DIAGNOSED)
-    notifier = bot.runner.notifier
+    safe, notifier = bot.runner.notifier, bot.slack
+    await notifier.flush()
+    digest = bot.replies(bot.parent())[0]
     before = len(fake.posted(thread=True))
-    await notifier.step_progress(inc, "scan", "scanned 1,000 of ~5,000 keys")
-    await notifier.step_progress(inc, "scan", "scanned 2,000 of ~5,000 keys")  # too soon: skipped
-    progress = fake.posted(thread=True)[-1]
-    assert len(fake.posted(thread=True)) == before + 1 and "scanned 1,000" in progress.all_text
-    run = inc.steps[0].model_copy(update={"step_id": "scan"})
-    await notifier.step_finished(inc, run)
-    assert len(fake.posted(thread=True)) == before + 1, "the result replaces the progress message"
-    assert "#1 scan ok" in progress.text and progress.edits == 1
+    await safe.step_progress(inc, "scan", "scanned 1,000 of ~5,000 keys")
+    await wait_for(lambda: "scanned 1,000 of ~5,000 keys" in digest.all_text)
+    await safe.step_progress(inc, "scan", "scanned 2,000 of ~5,000 keys")  # too soon: not rendered
+    await notifier.flush()
+    assert "scanned 2,000" not in digest.all_text and len(fake.posted(thread=True)) == before
+
+    # An action's progress (an incident held by hand mid-eviction, so nothing else moves it).
+    alert = Alert.model_validate(alert_payload("TestEvict")["alerts"][0])
+    inc_id = await bot.store.open_incident(IngestItem(alert, "evict-test", "cache", 0))
+    assert await bot.store.begin(inc_id)
+    run_id = await bot.store.start_step(inc_id, 1, "evict", "redis.evict", True)
+    running = await bot.store.get_incident(inc_id)
+    await safe.step_progress(running, "evict", "deleted 100 of ~300 keys")
+    (msg,) = await wait_for(lambda: [m for m in fake.posted(thread=True) if "deleted 100 of" in m.all_text])
+    threads = len(fake.posted(thread=True))
+    run = await bot.store.finish_step(
+        run_id, StepResult(StepStatus.OK, "deleted 300 keys"), next_step=2, target="cache"
+    )
+    await safe.step_finished(running, run)
+    await wait_for(lambda: f"#{inc_id} evict ok: deleted 300 keys" in msg.text)
+    await notifier.flush()
+    assert msg.edits == 1, "the progress message became the result"
+    assert len(fake.posted(thread=True)) == threads + 1, "and the digest is the only other message"
 
 
 async def test_notices_go_to_the_channel(bot: SlackBot, fake: SlackFake) -> None:
     await bot.runner.notifier.notice("Daily digest\n2 incidents, 1 fixed <by the bot>", "info")
     await bot.runner.notifier.notice("Backups are stale", "warning")
-    digest, warning = fake.posted(thread=False)[-2:]
+    await wait_for(lambda: len(fake.posted(thread=False)) == 2)
+    digest, warning = fake.posted(thread=False)
     assert digest.channel == CHANNEL and "*Daily digest*" in digest.all_text
     assert "1 fixed &lt;by the bot&gt;" in digest.all_text
     assert ":warning: *Backups are stale*" in warning.all_text
@@ -850,5 +884,10 @@ def test_manifest_matches_the_bot() -> None:
         interactivity["is_enabled"] is True
         and interactivity["request_url"] == "https://YOUR-HOST/slack/events"
     )
-    assert set(manifest["oauth_config"]["scopes"]["bot"]) == {"chat:write", "commands", "usergroups:read"}
+    assert set(manifest["oauth_config"]["scopes"]["bot"]) == {
+        "chat:write",
+        "commands",
+        "usergroups:read",
+        "files:write",
+    }
     assert manifest["settings"]["socket_mode_enabled"] is False

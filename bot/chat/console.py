@@ -1,7 +1,10 @@
-"""The console notifier: incidents and step results as readable text, for setups without Slack.
+"""The console notifier: the same shape as the Slack thread, as readable text, for setups without Slack.
 
 It is the embedded default: ``make demo`` and a fresh install show everything here, with the exact
-command to approve or deny a waiting step.
+command to approve or deny a waiting step. Like the Slack thread it stays short: diagnostics are
+one compact digest (problems first, skipped steps grouped), printed when the diagnosis is over;
+approval requests, action results, verifications and escalations get lines of their own; the full
+output of every step is one command away (``remediation-bot incidents ID``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from bot.chat import incident_view as view
 from bot.incidents import Approval, ApprovalState, Incident, StepRun, StepStatus
 from bot.notifier import NoticeLevel
 from bot.planview import describe_plan
@@ -37,14 +41,17 @@ ICONS = {
 
 
 class ConsoleNotifier:
-    """Writes to a text stream (stdout by default). ``config_path`` goes into the printed commands."""
+    """Writes to a text stream (stdout by default). ``config_path`` goes into the printed commands;
+    ``details`` adds the full output of the steps that need a look below the digest."""
 
     def __init__(
-        self, stream: TextIO | None = None, config_path: Path | None = None, details: bool = True
+        self, stream: TextIO | None = None, config_path: Path | None = None, details: bool = False
     ) -> None:
         self.stream = stream or sys.stdout
         self.config_path = config_path
         self.details = details
+        self._shown: dict[int, set[int]] = {}
+        """Step runs already printed, per incident (in a digest or a line of their own)."""
 
     def _say(self, text: str) -> None:
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
@@ -57,6 +64,37 @@ class ConsoleNotifier:
         cfg = f" --config {shlex.quote(str(self.config_path))}" if self.config_path else ""
         return f"remediation-bot {verb} {incident_id}{cfg}"
 
+    def _digest(self, inc: Incident) -> None:
+        """The diagnostics not shown yet, as one compact block (problems first, skips grouped)."""
+        shown = self._shown.setdefault(inc.id, set())
+        fresh = [
+            s
+            for s in inc.steps
+            if s.id not in shown
+            and s.status != StepStatus.RUNNING
+            and view.part_of(inc, s) == view.Part.DIGEST
+        ]
+        if not fresh:
+            return
+        first = not shown
+        shown.update(s.id for s in fresh)
+        part = inc.model_copy(update={"steps": fresh})
+        head = (
+            f"#{inc.id} diagnosis: {view.counts(part)}" if first else f"#{inc.id} also: {view.counts(part)}"
+        )
+        found = view.finding(inc) if first else ""
+        lines = [head + (f"; finding: {found}" if found else "")]
+        for line in view.digest(part):
+            lines.append(f"  {ICONS.get(line.status, line.status)} {', '.join(line.steps)}: {line.text}")
+        if self.details:
+            for run in fresh:
+                if run.status in view.PROBLEMS and run.details.strip():
+                    lines.append(f"  {run.step_id}:")
+                    lines.append(textwrap.indent(run.details.rstrip(), "    "))
+        if first:
+            lines.append(f"  full output: {self._cmd('incidents', inc.id)}")
+        self._say("\n".join(lines))
+
     async def incident_opened(self, incident: Incident) -> None:
         self._say(
             f"INCIDENT #{incident.id} {incident.alertname} ({incident.alert_status}) on {incident.target}"
@@ -64,21 +102,31 @@ class ConsoleNotifier:
         )
 
     async def incident_updated(self, incident: Incident) -> None:
+        if incident.status in view.FINAL or incident.pending_step:
+            self._digest(incident)
         note = f": {incident.note}" if incident.note else ""
         count = f" ({incident.alert_count:,} alerts)" if incident.alert_count > 1 else ""
-        self._say(f"#{incident.id} is now {incident.status}{count}{note}")
+        took = view.time_to_resolution(incident)
+        outcome = "; ".join(view.figures(incident)) if incident.status in view.FINAL else ""
+        tail = "".join(f"\n  {x}" for x in (outcome, took) if x)
+        self._say(f"#{incident.id} is now {incident.status}{count}{note}{tail}")
 
     async def step_progress(self, incident: Incident, step_id: str, message: str) -> None:
         self._say(f"#{incident.id} {step_id}: {message}")
 
     async def step_finished(self, incident: Incident, run: StepRun) -> None:
+        """Actions, their verification and escalations are said at once; diagnostics wait for the digest."""
+        if view.part_of(incident, run) == view.Part.DIGEST:
+            return
+        self._digest(incident)
+        self._shown.setdefault(incident.id, set()).add(run.id)
         took = f" ({run.duration_s:.2f}s)" if run.duration_s is not None else ""
-        text = f"#{incident.id} [{ICONS.get(run.status, run.status)}] {run.step_id} ({run.step_type}){took}: {run.summary}"
-        if self.details and run.details:
-            text += "\n" + textwrap.indent(run.details.rstrip(), "  ")
-        self._say(text)
+        self._say(
+            f"#{incident.id} [{ICONS.get(run.status, run.status)}] {run.step_id} ({run.step_type}){took}: {run.summary}"
+        )
 
     async def approval_requested(self, incident: Incident, approval: Approval) -> None:
+        self._digest(incident)
         have = len(approval.approvers)
         who = f" (approved so far by {', '.join(approval.approvers)})" if have else ""
         self._say(

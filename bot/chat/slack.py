@@ -1,51 +1,95 @@
-"""The Slack notifier: one message per incident in the configured channel, everything else in its thread.
+"""The Slack notifier: one live card per incident in the channel, a short thread under it.
 
-The parent message is the incident's dashboard and is edited (``chat.update``) as the incident
-moves; step results are thread replies; an approval request is a thread reply (also shown in the
-channel) with Approve/Deny buttons, edited again once someone decided, it expired or the alert
-resolved, so no stale button is left to click.
+The card (the root message) is edited in place (``chat.update``) as the incident moves. Its thread
+holds only what a person reads or acts on, about four messages for a whole playbook:
 
-Where each message lives (channel and ``ts``) is kept in the store (the incident's and the
-approval's ``chat_ref``), so a restarted bot edits the same messages. Slack is best effort: the
-runner wraps this notifier in :class:`bot.notifier.SafeNotifier`, and a parent that could not be
-posted (Slack down) is posted by the next notification that gets through.
+1. the **diagnosis digest**, every step in a line, problems first, edited as steps finish;
+2. the **details file** (``files.getUploadURLExternal`` + ``files.completeUploadExternal``) with the
+   full output, when ``slack.details: file`` (else ``remediation-bot incidents ID`` has it);
+3. the **approval request** with its buttons, mentioning the approvers once; edited once decided;
+4. each **action's result**, edited with its verification.
+
+A reminder (half the approval's lifetime, nobody decided) and an escalation call the approvers
+again. Skipped and passing steps are lines of the digest, never messages of their own.
+
+Every write goes through :class:`bot.chat.slack_outbox.Outbox` (paced per channel, coalesced,
+429-aware) and is rendered when it is sent, from the store: the latest state wins, and a restarted
+bot edits the same messages (their ``ts`` are in the incident's and the approval's ``chat_ref``).
+The notifier's methods only queue work, so the runner never waits for Slack.
+
+The reminder is a timer in this process: a restart re-arms the timers of pending requests
+(:meth:`SlackNotifier.rearm_reminders`, called when the service starts); the short-lived CLI
+process sets none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
+import json
 import logging
 import time
-from collections import defaultdict
+from collections.abc import Awaitable, Callable, Hashable
+from datetime import datetime
 from typing import Any
 
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.chat.slack_blocks import (
-    Block,
-    approval_message,
+from bot.chat import incident_view as view
+from bot.chat.slack_approvals import Called, Mentions
+from bot.chat.slack_blocks import Block, approval_message, notice_message, thread_link
+from bot.chat.slack_card import (
+    CardContext,
+    digest_message,
+    escalation_message,
     incident_message,
-    notice_message,
-    progress_message,
-    step_message,
+    outcome_message,
+    reminder_message,
 )
+from bot.chat.slack_outbox import Outbox
 from bot.config import SlackConfig
 from bot.engine import Engine
-from bot.incidents import Approval, ApprovalState, Incident, StepRun
+from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepRun, StepStatus
 from bot.notifier import NoticeLevel
 from bot.store import Store
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 3.0
-"""Seconds between two edits of a step's progress message (Slack rate-limits chat.update)."""
+"""Seconds between two progress renders of one step (each is an edit; the outbox coalesces more)."""
+CLOSE_TIMEOUT = 8.0
+"""Seconds :meth:`SlackNotifier.close` waits for queued messages (the CLI exits after it)."""
+FILE_ERRORS = frozenset({"missing_scope", "not_allowed_token_type", "no_permission", "unknown_method"})
+"""Upload errors that will not go away by retrying: uploads stop for this process."""
+
+
+def _digest(text: str, blocks: list[Block]) -> str:
+    return hashlib.sha1(
+        json.dumps([text, blocks], sort_keys=True).encode(), usedforsecurity=False
+    ).hexdigest()
+
+
+def _keep(cache: dict[Any, Any], key: Any, value: Any, limit: int = 4096) -> None:
+    """Set ``cache[key]``, forgetting the oldest quarter past ``limit`` entries (a long-running
+    service sees many incidents; what is forgotten is read again from the store)."""
+    cache.pop(key, None)
+    cache[key] = value
+    if len(cache) > limit:
+        for old in list(cache)[: limit // 4]:
+            del cache[old]
+
+
+def _epoch(iso: str | None) -> float | None:
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
+    except ValueError:
+        return None
 
 
 class SlackNotifier:
-    """Implements :class:`bot.notifier.Notifier` with the Slack Web API.
-
-    It reaches the store through the engine (started before any message is sent).
-    """
+    """Implements :class:`bot.notifier.Notifier` with the Slack Web API (see the module docstring)."""
 
     def __init__(
         self,
@@ -54,108 +98,248 @@ class SlackNotifier:
         engine: Engine,
         *,
         progress_interval: float = PROGRESS_INTERVAL,
+        mentions: Mentions | None = None,
     ) -> None:
         if not config.channel:
             raise ValueError("slack.channel is required to post incidents")
         self.client = client
+        self.config = config
         self.channel = config.channel
         self.engine = engine
         self.progress_interval = progress_interval
-        self._parents: dict[int, dict[str, Any]] = {}
-        self._progress: dict[tuple[int, str], tuple[str, str, float]] = {}
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.mentions = mentions or Mentions(config, client)
+        self.outbox = Outbox(config.min_interval, on_error=self._failed)
+        self.reminders: dict[int, asyncio.Task[None]] = {}
+        """Reminder timers still waiting, by approval id (close cancels them)."""
+        self._refs: dict[int, dict[str, Any]] = {}
+        self._progress: dict[int, dict[str, str]] = {}
+        self._progress_at: dict[tuple[int, str], float] = {}
+        self._shown: dict[tuple[str, str], str] = {}
         self._replaced: set[int] = set()
+        self._files = config.details == "file"
+        self._notices = itertools.count()
 
     @property
     def store(self) -> Store:
         return self.engine.store
 
+    def _failed(self) -> None:
+        self.engine.metrics.call_error("slack")
+
     # -- plumbing -------------------------------------------------------------------------------
 
+    def _queue(self, key: Hashable, job: Callable[[], Awaitable[None]], channel: str | None = None) -> None:
+        self.outbox.submit(channel or self.channel, key, job)
+
     async def _post(
-        self, text: str, blocks: list[Block], *, thread_ts: str | None = None, broadcast: bool = False
+        self, channel: str, text: str, blocks: list[Block], *, thread_ts: str | None = None
     ) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {}
-        if thread_ts:
-            kwargs["thread_ts"] = thread_ts
-            if broadcast:
-                kwargs["reply_broadcast"] = True
-        resp = await self.client.chat_postMessage(
-            channel=self.channel, text=text, blocks=blocks, unfurl_links=False, unfurl_media=False, **kwargs
+        kwargs: dict[str, Any] = {"thread_ts": thread_ts} if thread_ts else {}
+        resp = await self.outbox.call(
+            channel,
+            lambda: self.client.chat_postMessage(
+                channel=channel, text=text, blocks=blocks, unfurl_links=False, unfurl_media=False, **kwargs
+            ),
         )
-        return {"channel": str(resp["channel"]), "ts": str(resp["ts"])}
+        ref = {"channel": str(resp["channel"]), "ts": str(resp["ts"])}
+        _keep(self._shown, (ref["channel"], ref["ts"]), _digest(text, blocks))
+        return ref
 
     async def _update(self, ref: dict[str, Any], text: str, blocks: list[Block]) -> None:
-        await self.client.chat_update(channel=ref["channel"], ts=ref["ts"], text=text, blocks=blocks)
-
-    async def _parent(self, inc: Incident) -> tuple[dict[str, Any], bool]:
-        """The incident's parent message, posting it now if nobody could yet; (ref, just posted)."""
-        ref = self._parents.get(inc.id) or (inc.chat_ref if inc.chat_ref.get("ts") else None)
-        if ref:
-            self._parents[inc.id] = ref
-            return ref, False
-        async with self._locks[f"incident:{inc.id}"]:
-            fresh = await self.store.get_incident(inc.id)
-            if fresh.chat_ref.get("ts"):
-                self._parents[inc.id] = fresh.chat_ref
-                return fresh.chat_ref, False
-            text, blocks = incident_message(fresh)
-            ref = await self._post(text, blocks)
-            await self.store.set_incident_chat_ref(inc.id, ref)
-            self._parents[inc.id] = ref
-            return ref, True
-
-    # -- the Notifier protocol ------------------------------------------------------------------
-
-    async def incident_opened(self, incident: Incident) -> None:
-        await self._parent(incident)
-
-    async def incident_updated(self, incident: Incident) -> None:
-        ref, posted = await self._parent(incident)
-        if not posted:
-            text, blocks = incident_message(incident)
-            await self._update(ref, text, blocks)
-
-    async def step_progress(self, incident: Incident, step_id: str, message: str) -> None:
-        key = (incident.id, step_id)
-        last = self._progress.get(key)
-        now = time.monotonic()
-        if last is not None and now - last[2] < self.progress_interval:
+        """Edit a message, unless it already shows exactly this (a coalesced job often does)."""
+        key, digest = (str(ref["channel"]), str(ref["ts"])), _digest(text, blocks)
+        if self._shown.get(key) == digest:
             return
-        ref, _ = await self._parent(incident)
-        text, blocks = progress_message(incident, step_id, message)
-        if last is None:
-            msg = await self._post(text, blocks, thread_ts=ref["ts"])
-            self._progress[key] = (msg["channel"], msg["ts"], now)
-        else:
-            await self._update({"channel": last[0], "ts": last[1]}, text, blocks)
-            self._progress[key] = (last[0], last[1], now)
+        await self.outbox.call(
+            key[0], lambda: self.client.chat_update(channel=key[0], ts=key[1], text=text, blocks=blocks)
+        )
+        _keep(self._shown, key, digest)
 
-    async def step_finished(self, incident: Incident, run: StepRun) -> None:
-        ref, _ = await self._parent(incident)
-        text, blocks = step_message(incident, run)
-        progress = self._progress.pop((incident.id, run.step_id), None)
-        if progress is not None:
-            await self._update({"channel": progress[0], "ts": progress[1]}, text, blocks)
-        else:
-            await self._post(text, blocks, thread_ts=ref["ts"])
+    async def _fresh(self, incident_id: int) -> tuple[Incident, dict[str, Any]]:
+        """The incident as stored now, and where its messages are (the store's record merged with
+        what this process posted and may not have saved yet)."""
+        inc = await self.store.get_incident(incident_id)
+        ref = {**self._refs.get(incident_id, {}), **inc.chat_ref}
+        _keep(self._refs, incident_id, ref)
+        return inc, ref
 
-    async def approval_requested(self, incident: Incident, approval: Approval) -> None:
-        """Post the request with its buttons, or edit it (a first approval of a two-person step)."""
-        ref, _ = await self._parent(incident)
-        async with self._locks[f"approval:{approval.id}"]:
-            fresh = await self.store.get_approval(approval.id)
-            text, blocks = approval_message(incident, fresh)
-            if fresh.chat_ref.get("ts"):
-                await self._update(fresh.chat_ref, text, blocks)
+    async def _save(self, incident_id: int, ref: dict[str, Any]) -> None:
+        _keep(self._refs, incident_id, ref)
+        await self.store.set_incident_chat_ref(incident_id, ref)
+
+    async def _card_context(self, inc: Incident, *, first: bool) -> CardContext:
+        called = await self.mentions.tokens() if inc.pending_step else Called()
+        decision = None
+        if not inc.pending_step:
+            latest = await self.store.latest_approval(inc.id)
+            decision = latest if latest is not None and latest.state != ApprovalState.PENDING else None
+        pb = self.engine.playbooks.get(inc.playbook or "", inc.params) if inc.playbook else None
+        return CardContext(
+            waiting_for=called.quiet if first else called.rich,
+            decision=decision,
+            runbook=pb.runbook if pb is not None else "",
+            incident_url=self.config.incident_url,
+        )
+
+    async def _card(self, inc: Incident, ref: dict[str, Any]) -> dict[str, Any]:
+        """Post the card if it is missing (never with a mention), else edit it to the latest state."""
+        if ref.get("ts"):
+            text, blocks = incident_message(inc, await self._card_context(inc, first=False))
+            await self._update(ref, text, blocks)
+            return ref
+        text, blocks = incident_message(inc, await self._card_context(inc, first=True))
+        ref.update(await self._post(self.channel, text, blocks))
+        await self._save(inc.id, ref)
+        return ref
+
+    async def _thread(
+        self, inc: Incident, ref: dict[str, Any], name: str, text: str, blocks: list[Block]
+    ) -> None:
+        """Post or edit the thread message stored under ``name`` in the incident's ``chat_ref``."""
+        ref = await self._card(inc, ref) if not ref.get("ts") else ref
+        if ref.get(name):
+            await self._update({"channel": ref["channel"], "ts": ref[name]}, text, blocks)
+            return
+        msg = await self._post(ref["channel"], text, blocks, thread_ts=ref["ts"])
+        ref[name] = msg["ts"]
+        await self._save(inc.id, ref)
+
+    # -- jobs: each renders the latest state when it runs ------------------------------------------
+
+    def _card_job(self, incident_id: int) -> None:
+        async def job() -> None:
+            inc, ref = await self._fresh(incident_id)
+            await self._card(inc, ref)
+
+        self._queue(("card", incident_id), job)
+
+    def _digest_job(self, incident_id: int) -> None:
+        async def job() -> None:
+            inc, ref = await self._fresh(incident_id)
+            progress = {
+                k: v
+                for k, v in self._progress.get(incident_id, {}).items()
+                if not any(s.step_id == k and s.mutating for s in inc.steps)
+            }
+            if not inc.steps and not progress:
                 return
-            msg = await self._post(text, blocks, thread_ts=ref["ts"], broadcast=True)
-            await self.store.set_approval_chat_ref(approval.id, msg)
-        await self._close_replaced(incident, approval.id)
+            text, blocks = digest_message(inc, progress, details_file=bool(ref.get("details")))
+            await self._thread(inc, ref, "digest_ts", text, blocks)
 
-    async def _close_replaced(self, incident: Incident, newest: int) -> None:
+        self._queue(("digest", incident_id), job)
+
+    def _action_job(self, incident_id: int, step_id: str) -> None:
+        """An action's message: its progress while it runs, then its result and verification."""
+
+        async def job() -> None:
+            inc, ref = await self._fresh(incident_id)
+            runs = [s for s in inc.steps if s.mutating and s.step_id == step_id]
+            runs = [
+                s
+                for s in runs
+                if s.status in view.RAN or s.status in (StepStatus.RUNNING, StepStatus.PLANNED)
+            ]
+            if not runs:
+                return
+            action = runs[-1]
+            progress = None
+            if action.status == StepStatus.RUNNING:
+                progress = self._progress.get(incident_id, {}).get(step_id)
+                if progress is None:
+                    return
+            text, blocks = outcome_message(inc, action, view.checks_after(inc, action), progress)
+            key = f"outcome_{action.id}"
+            await self._thread(inc, ref, key, text, blocks)
+
+        self._queue(("action", incident_id, step_id), job)
+
+    def _details_job(self, incident_id: int) -> None:
+        """The full output as a file in the thread (once): what the digest leaves out."""
+
+        async def job() -> None:
+            if not self._files:
+                return
+            inc, ref = await self._fresh(incident_id)
+            if ref.get("details") or not view.has_details(inc):
+                return
+            ref = await self._card(inc, ref) if not ref.get("ts") else ref
+            channel = str(ref["channel"])
+            try:
+                resp = await self.outbox.call(
+                    channel,
+                    lambda: self.client.files_upload_v2(
+                        channel=channel,
+                        thread_ts=str(ref["ts"]),
+                        filename=f"incident-{inc.id}-details.txt",
+                        title=f"Incident #{inc.id}: full output of every step",
+                        content=view.details_text(inc),
+                        snippet_type="text",
+                        initial_comment=f"Full output of every step of incident #{inc.id} so far.",
+                    ),
+                )
+            except SlackApiError as exc:
+                error = str(exc.response.get("error", "")) if exc.response is not None else ""
+                if error in FILE_ERRORS:
+                    self._files = False
+                    log.warning(
+                        "slack: cannot upload files (%s): add the files:write scope to the app, or set"
+                        " slack.details: command; full output stays in `remediation-bot incidents ID`",
+                        error,
+                    )
+                    return
+                raise
+            file = resp.get("file") or {}
+            ref["details"] = str(file.get("id") or "uploaded")
+            await self._save(inc.id, ref)
+            self._digest_job(incident_id)  # the digest now points at the file
+
+        self._queue(("details", incident_id), job)
+
+    def _escalation_job(self, incident_id: int) -> None:
+        async def job() -> None:
+            inc, ref = await self._fresh(incident_id)
+            if ref.get("escalated") or inc.status != IncidentState.ESCALATED:
+                return
+            called = await self.mentions.tokens()
+            text, blocks = escalation_message(inc, called.ping, inc.note or "the bot stopped before acting")
+            await self._thread(inc, ref, "escalated", text, blocks)
+
+        self._queue(("escalation", incident_id), job)
+
+    def _approval_job(self, approval_id: int) -> None:
+        async def job() -> None:
+            ap = await self.store.get_approval(approval_id)
+            inc, ref = await self._fresh(ap.incident_id)
+            ref = await self._card(inc, ref) if not ref.get("ts") else ref
+            called = await self.mentions.tokens() if ap.state == ApprovalState.PENDING else Called()
+            if ap.chat_ref.get("ts"):
+                text, blocks = approval_message(inc, ap, called.rich)
+                await self._update(ap.chat_ref, text, blocks)
+            else:
+                text, blocks = approval_message(inc, ap, called.ping)
+                msg = await self._post(ref["channel"], text, blocks, thread_ts=ref["ts"])
+                await self.store.set_approval_chat_ref(approval_id, {**ap.chat_ref, **msg})
+            await self._close_replaced(inc, approval_id)
+
+        self._queue(("approval", approval_id), job)
+
+    def _reminder_job(self, approval_id: int) -> None:
+        async def job() -> None:
+            ap = await self.store.get_approval(approval_id)
+            if ap.state != ApprovalState.PENDING or ap.chat_ref.get("reminded"):
+                return
+            inc, ref = await self._fresh(ap.incident_id)
+            called = await self.mentions.tokens()
+            text, blocks = reminder_message(inc, ap, called.ping, thread_link(ap.chat_ref))
+            ref = await self._card(inc, ref) if not ref.get("ts") else ref
+            msg = await self._post(ref["channel"], text, blocks, thread_ts=ref["ts"])
+            await self.store.set_approval_chat_ref(approval_id, {**ap.chat_ref, "reminded": msg["ts"]})
+
+        self._queue(("reminder", approval_id), job)
+
+    async def _close_replaced(self, inc: Incident, newest: int) -> None:
         """Older requests of the incident replaced by a new plan lose their buttons too."""
-        for entry in await self.store.list_audit(incident_id=incident.id, limit=500):
+        for entry in await self.store.list_audit(incident_id=inc.id, limit=500):
             old_id = entry.detail.get("approval_id")
             if entry.kind != "approval.requested" or not isinstance(old_id, int) or old_id >= newest:
                 continue
@@ -163,27 +347,131 @@ class SlackNotifier:
                 continue
             old = await self.store.get_approval(old_id)
             if old.state == ApprovalState.SUPERSEDED and old.chat_ref.get("ts"):
-                text, blocks = approval_message(incident, old)
+                text, blocks = approval_message(inc, old)
                 await self._update(old.chat_ref, text, blocks)
             if old.state != ApprovalState.PENDING:
                 self._replaced.add(old_id)
 
+    # -- reminders ------------------------------------------------------------------------------
+
+    def _arm(self, ap: Approval) -> None:
+        """Remind at half the approval's lifetime, unless someone decided by then."""
+        if not self.config.remind or ap.id in self.reminders or ap.chat_ref.get("reminded"):
+            return
+        # requested_at is kept to the second; the configured lifetime gives the half exactly.
+        requested = _epoch(ap.requested_at) or ap.expires_ts - self.engine.config.approvals.ttl
+        lifetime = min(self.engine.config.approvals.ttl, ap.expires_ts - requested + 1.0)
+        if lifetime <= 0:
+            return
+        at = ap.expires_ts - lifetime / 2
+
+        async def later() -> None:
+            await asyncio.sleep(max(0.0, at - time.time()))
+            fresh = await self.store.get_approval(ap.id)
+            if fresh.state == ApprovalState.PENDING and not fresh.chat_ref.get("reminded"):
+                self._reminder_job(ap.id)
+
+        task = asyncio.create_task(later(), name=f"slack-reminder-{ap.id}")
+        self.reminders[ap.id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self.reminders.get(ap.id) is t:
+                del self.reminders[ap.id]
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("slack: reminder for approval %s failed: %s", ap.id, t.exception())
+
+        task.add_done_callback(done)
+
+    def _disarm(self, approval_id: int) -> None:
+        task = self.reminders.get(approval_id)
+        if task is not None and not task.done():
+            task.cancel()
+
+    async def rearm_reminders(self) -> int:
+        """After a restart: arm the reminders of requests still pending and not reminded yet."""
+        n = 0
+        for ap in await self.store.open_approvals():
+            if ap.state == ApprovalState.PENDING and ap.id not in self.reminders:
+                self._arm(ap)
+                n += ap.id in self.reminders
+        return n
+
+    # -- the Notifier protocol ------------------------------------------------------------------
+
+    async def incident_opened(self, incident: Incident) -> None:
+        self._card_job(incident.id)
+
+    async def incident_updated(self, incident: Incident) -> None:
+        self._card_job(incident.id)
+        if incident.steps:
+            self._digest_job(incident.id)
+        if incident.status == IncidentState.ESCALATED:
+            self._details_job(incident.id)
+            self._escalation_job(incident.id)
+        elif incident.status in view.FINAL:
+            self._details_job(incident.id)
+
+    async def step_progress(self, incident: Incident, step_id: str, message: str) -> None:
+        now = time.monotonic()
+        last = self._progress_at.get((incident.id, step_id))
+        self._progress.setdefault(incident.id, {})[step_id] = message
+        if last is not None and now - last < self.progress_interval:
+            return
+        self._progress_at[(incident.id, step_id)] = now
+        if any(s.step_id == step_id and s.mutating for s in incident.steps):
+            self._action_job(incident.id, step_id)
+        else:
+            self._digest_job(incident.id)
+
+    async def step_finished(self, incident: Incident, run: StepRun) -> None:
+        running = self._progress.get(incident.id, {})
+        running.pop(run.step_id, None)
+        if not running:
+            self._progress.pop(incident.id, None)
+        self._progress_at.pop((incident.id, run.step_id), None)
+        part = view.part_of(incident, run)
+        if part == view.Part.ACTION:
+            self._action_job(incident.id, run.step_id)
+        elif part == view.Part.CHECK:
+            action = view.action_before(incident, run)
+            if action is not None:
+                self._action_job(incident.id, action.step_id)
+        elif run.mutating and run.status in (StepStatus.CANCELLED, StepStatus.DENIED):
+            latest = await self.store.latest_approval(incident.id)
+            if latest is not None and latest.step_run_id == run.id:
+                self._approval_job(latest.id)  # the request shows why it will not run
+        self._digest_job(incident.id)
+        self._card_job(incident.id)
+
+    async def approval_requested(self, incident: Incident, approval: Approval) -> None:
+        """The digest is complete: its file first, then the request with its buttons and mentions."""
+        self._details_job(incident.id)
+        self._approval_job(approval.id)
+        self._card_job(incident.id)
+        if approval.state == ApprovalState.PENDING:
+            self._arm(approval)
+
     async def approval_closed(self, incident: Incident, approval: Approval) -> None:
         """Replace the buttons with who decided what and when (or why it closed)."""
-        ref, _ = await self._parent(incident)
-        async with self._locks[f"approval:{approval.id}"]:
-            fresh = await self.store.get_approval(approval.id)
-            text, blocks = approval_message(incident, fresh)
-            if fresh.chat_ref.get("ts"):
-                await self._update(fresh.chat_ref, text, blocks)
-            else:  # the request never reached Slack: still leave a record in the thread
-                msg = await self._post(text, blocks, thread_ts=ref["ts"])
-                await self.store.set_approval_chat_ref(approval.id, msg)
+        self._disarm(approval.id)
+        self._approval_job(approval.id)
+        self._card_job(incident.id)
 
     async def notice(self, text: str, level: NoticeLevel = "info") -> None:
         """A channel message that belongs to no incident (digest, stale backups)."""
         text_, blocks = notice_message(text, level)
-        await self._post(text_, blocks)
+
+        async def job() -> None:
+            await self._post(self.channel, text_, blocks)
+
+        self._queue(("notice", next(self._notices)), job)
+
+    async def flush(self, within: float | None = None) -> bool:
+        """Wait until everything queued was sent (tests; the CLI before it exits)."""
+        return await self.outbox.drain(within)
 
     async def close(self) -> None:
-        return None
+        for task in self.reminders.values():
+            task.cancel()
+        await asyncio.gather(*self.reminders.values(), return_exceptions=True)
+        await self.outbox.close(CLOSE_TIMEOUT)

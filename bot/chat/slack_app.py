@@ -43,8 +43,9 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 def web_client(settings: SlackSettings) -> AsyncWebClient:
     """The Web API client: every call has a timeout; the base URL honours ``SLACK_API_URL``.
 
-    A rate-limited call (HTTP 429, e.g. a burst of step results) is retried once after Slack's
-    Retry-After; the notifier's own timeout still bounds the whole call.
+    A rate-limited call (HTTP 429) is retried once after Slack's Retry-After. The notifier also
+    queues and paces its writes per channel (:mod:`bot.chat.slack_outbox`), so a burst of incidents
+    stays under the limit instead of leaning on this retry.
     """
     kwargs: dict[str, Any] = {"token": settings.bot_token, "timeout": max(1, settings.timeout)}
     if settings.api_url:
@@ -183,6 +184,12 @@ class SlackWiring:
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
         """Build bolt, and in Socket Mode connect in the background (Slack down never blocks start-up)."""
         self.bolt = self.build()
+        try:
+            armed = await self.notifier.rearm_reminders()
+            if armed:
+                log.info("slack: %d approval reminder(s) re-armed after the restart", armed)
+        except Exception as exc:  # reminders are a courtesy; start-up goes on without them
+            log.warning("slack: cannot re-arm approval reminders: %s", exc)
         task: asyncio.Task[None] | None = None
         if self.settings.app_token:
             self.socket = AsyncSocketModeHandler(self.bolt, self.settings.app_token, web_client=self.client)

@@ -34,6 +34,85 @@ log = logging.getLogger(__name__)
 GROUP_TTL = 60.0
 """Seconds a user group's member list is trusted before asking Slack again."""
 _GROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+
+
+async def group_id(client: AsyncWebClient, group: str) -> str:
+    """A user group's ID (``S…``) from its ID, handle or name (``usergroups.list``)."""
+    if _GROUP_ID.match(group):
+        return group
+    resp = await client.usergroups_list()
+    for g in resp.get("usergroups") or []:
+        if group in (g.get("handle"), g.get("name"), g.get("id")):
+            return str(g["id"])
+    raise BotError(f"user group {group!r} not found in this workspace")
+
+
+@dataclass(frozen=True)
+class Called:
+    """Whom to call, three ways: ``ping`` (tokens that notify, in a new message), ``rich`` (the same
+    tokens listed, for an edit, which notifies nobody) and ``quiet`` (plain names, for a first post
+    that must not notify)."""
+
+    ping: str = ""
+    rich: str = ""
+    quiet: str = ""
+
+
+class Mentions:
+    """Whom an approval request, its reminder and an escalation call, as Slack mention tokens.
+
+    ``slack.mention`` when set (``[]``: nobody), else the approver group and the approvers. A group
+    handle is resolved to its ID once (a mention needs the ID); if that fails, the handle is shown
+    as plain text and asked again a minute later. ``quiet`` names the same people without notifying
+    anyone: the card uses it when it is first posted (Slack notifies mentions in a new message, not
+    in an edit).
+    """
+
+    def __init__(self, config: SlackConfig, client: AsyncWebClient) -> None:
+        if config.mention is not None:
+            self.entries = list(config.mention)
+        else:
+            group = (config.approver_group or "").strip()
+            self.entries = ([group] if group else []) + list(config.approvers)
+        self.client = client
+        self._groups: dict[str, str] = {}
+        self._failed_at: dict[str, float] = {}
+
+    async def _group(self, entry: str) -> str | None:
+        handle = entry.lstrip("@")
+        if handle in self._groups:
+            return self._groups[handle]
+        if time.monotonic() - self._failed_at.get(handle, -GROUP_TTL) < GROUP_TTL:
+            return None
+        try:
+            self._groups[handle] = await group_id(self.client, handle)
+        except (SlackApiError, BotError) as exc:
+            log.warning("slack: cannot resolve user group %s for mentions: %s", handle, exc)
+            self._failed_at[handle] = time.monotonic()
+            return None
+        return self._groups[handle]
+
+    async def tokens(self) -> Called:
+        """The mention tokens, and the same people named without a notification."""
+        ping: list[str] = []
+        quiet: list[str] = []
+        users = 0
+        for entry in self.entries:
+            if entry.lstrip("@") in ("here", "channel"):
+                ping.append(f"<!{entry.lstrip('@')}>")
+                quiet.append(f"@{entry.lstrip('@')}")
+            elif _USER_ID.match(entry):
+                ping.append(f"<@{entry}>")
+                users += 1
+            else:
+                gid = await self._group(entry)
+                name = entry.lstrip("@") if not _GROUP_ID.match(entry) else "user group"
+                ping.append(f"<!subteam^{gid}>" if gid else f"@{name}")
+                quiet.append(f"@{name}")
+        if users:
+            quiet.append(f"{users} approver{'s' if users > 1 else ''}")
+        return Called(" ".join(ping), ", ".join(ping), " or ".join(quiet))
 
 
 class Approvers:
@@ -60,13 +139,8 @@ class Approvers:
 
     async def _resolve_group(self) -> str:
         if self._group_id is None:
-            resp = await self.client.usergroups_list()
-            for g in resp.get("usergroups") or []:
-                if self.group in (g.get("handle"), g.get("name"), g.get("id")):
-                    self._group_id = str(g["id"])
-                    break
-            else:
-                raise BotError(f"user group {self.group!r} not found in this workspace")
+            assert self.group is not None
+            self._group_id = await group_id(self.client, self.group)
         return self._group_id
 
     async def members(self) -> frozenset[str]:

@@ -1,9 +1,10 @@
-"""Block Kit views of incidents, step results, approvals and command output.
+"""Block Kit helpers, approval requests, notices and slash-command output.
 
 Written for an on-call engineer reading a phone at 3 a.m.: the first line says what happened and
-what the bot wants, figures come next, raw output last in a code block cut to a readable size.
-Every message also carries a plain ``text``, which is what push notifications and screen readers
-show. Pure functions: no I/O, so the views are easy to test and to reuse from slash commands.
+what the bot wants, figures come next. Every message also carries a plain ``text``, which is what
+push notifications and screen readers show. The incident card and its thread (digest, results)
+are in :mod:`bot.chat.slack_card`; raw output appears only in answers to ``/redis`` commands, in a
+code block cut to a readable size. Pure functions: no I/O, so the views are easy to test and reuse.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from datetime import datetime
 from typing import Any
 
 from bot.formatting import human_bytes
-from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepRun, StepStatus
+from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepStatus
 from bot.planview import describe_changes
 
 APPROVE_ACTION = "approve"
 DENY_ACTION = "deny"
 
 DETAILS_LIMIT = 2500
-"""Characters of raw step output shown in a thread; Slack cuts a section at 3,000."""
+"""Characters of raw output in a ``/redis`` answer; Slack cuts a section at 3,000."""
 SECTION_LIMIT = 2900
 TEXT_LIMIT = 300
 """The plain ``text`` of a message: a push notification, so short."""
@@ -159,76 +160,6 @@ def state_label(state: IncidentState) -> tuple[str, str]:
     return INCIDENT_STATES.get(state, (":grey_question:", str(state)))
 
 
-def incident_message(inc: Incident) -> tuple[str, list[Block]]:
-    """The incident's parent message: alert, target and where the bot is with it."""
-    icon, label = state_label(inc.status)
-    target = inc.target or "no target"
-    text = cut(f"#{inc.id} {inc.alertname} on {target}: {label}", TEXT_LIMIT)
-    head = f"{icon} *{esc(inc.alertname)}* on {code(target)}: *{esc(label)}*"
-    if inc.summary and inc.summary != inc.alertname:
-        head += f"\n{esc(inc.summary)}"
-    blocks: list[Block] = [mrkdwn(head)]
-    if inc.note:
-        blocks.append(mrkdwn(f"_{esc(inc.note)}_"))
-    if inc.pending_step:
-        p = inc.pending_step
-        have, need = len(p.get("approved_by") or []), int(p.get("required_approvals") or 1)
-        blocks.append(
-            mrkdwn(
-                f":point_down: *Waiting for approval* of {code(p['id'])} ({have} of {need}) in the thread;"
-                f" it expires {when(p.get('expires_at'))}"
-            )
-        )
-    alert = "firing" if inc.alert_status == "firing" else "resolved"
-    blocks.append(
-        fields(
-            [
-                ("Target", code(target)),
-                ("Playbook", code(inc.playbook or "none")),
-                (
-                    "Alert",
-                    "started by hand"
-                    if inc.source in HAND_SOURCES
-                    else esc(alert)
-                    + (f" ({inc.alert_count:,} alerts joined)" if inc.alert_count > 1 else ""),
-                ),
-                ("Incident", f"#{inc.id}" + (" (dry run)" if inc.dry_run else "")),
-            ]
-        )
-    )
-    extra = [f"started {when(inc.created_at)}", f"source {esc(inc.source)}"]
-    if inc.labels.get("requested_by"):
-        extra.append(f"asked by {who(inc.labels['requested_by'])}")
-    if inc.labels.get("severity"):
-        extra.append(f"severity {esc(inc.labels['severity'])}")
-    blocks.append(context(" · ".join(extra)))
-    return text, blocks
-
-
-# -- step results ---------------------------------------------------------------------------------
-
-
-def step_message(inc: Incident, run: StepRun) -> tuple[str, list[Block]]:
-    """A finished step as a thread reply: icon, step, one-line summary; raw output below it."""
-    icon = STEP_ICONS.get(run.status, ":grey_question:")
-    took = f" · {run.duration_s:.1f} s" if run.duration_s is not None else ""
-    summary = run.summary or run.error or str(run.status)
-    text = cut(f"#{inc.id} {run.step_id} {run.status}: {summary}", TEXT_LIMIT)
-    body = f"{icon} *{esc(run.step_id)}* {esc(run.status)}{took}\n{esc(summary)}"
-    if run.error and run.error not in summary:
-        body += f"\n:warning: {esc(run.error)}"
-    blocks = [mrkdwn(body)]
-    if run.details.strip():
-        blocks.append(details_block(run.details, incident_id=inc.id))
-    blocks.append(context(f"{code(run.step_type)}" + (" · changes data" if run.mutating else "")))
-    return text, blocks
-
-
-def progress_message(inc: Incident, step_id: str, message: str) -> tuple[str, list[Block]]:
-    text = cut(f"#{inc.id} {step_id}: {message}", TEXT_LIMIT)
-    return text, [mrkdwn(f":hourglass_flowing_sand: *{esc(step_id)}* running: {esc(message)}")]
-
-
 # -- approvals ------------------------------------------------------------------------------------
 
 
@@ -266,7 +197,7 @@ def plan_fields(plan: dict[str, Any], required: int) -> list[tuple[str, str]]:
 def _outcome(ap: Approval) -> str:
     at = when(ap.decided_at)
     state = ap.state
-    if state in (ApprovalState.APPROVED, ApprovalState.EXECUTED):
+    if state in (ApprovalState.APPROVED, ApprovalState.EXECUTING, ApprovalState.EXECUTED):
         return f":white_check_mark: *Approved* by {who(', '.join(ap.approvers) or ap.decided_by)} {at}"
     if state == ApprovalState.DENIED:
         return f":no_entry_sign: *Denied* by {who(ap.decided_by)} {at}. Nothing was changed."
@@ -288,17 +219,21 @@ def _outcome(ap: Approval) -> str:
     return f"*{esc(state)}*"
 
 
-def approval_message(inc: Incident, ap: Approval) -> tuple[str, list[Block]]:
-    """The approval request: the exact plan, then Approve/Deny while open, else who decided what."""
+def approval_message(inc: Incident, ap: Approval, mention: str = "") -> tuple[str, list[Block]]:
+    """The approval request: the exact plan, then Approve/Deny while open, else who decided what.
+
+    ``mention`` (Slack mention tokens) calls the approvers while the request is open; Slack notifies
+    them when the request is posted, never again when it is edited."""
     plan = ap.plan
     open_ = ap.state == ApprovalState.PENDING
     summary = str(plan.get("summary") or plan.get("action") or ap.step_type)
     verb = "Approval needed" if open_ else "Approval request"
     icon = ":raised_hand:" if open_ else ":lock:"
-    text = cut(f"#{inc.id} {verb.lower()}: {summary}", TEXT_LIMIT)
+    call = f"{mention} " if mention and open_ else ""
+    text = cut(f"{call}#{inc.id} {verb.lower()}: {summary}", TEXT_LIMIT)
     blocks: list[Block] = [
         mrkdwn(
-            f"{icon} *{verb}* for {code(ap.step_id)} ({esc(ap.step_type)}) on incident #{inc.id}\n{esc(summary)}"
+            f"{call}{icon} *{verb}* for {code(ap.step_id)} ({esc(ap.step_type)}) on incident #{inc.id}\n{esc(summary)}"
         ),
     ]
     changes = describe_changes(plan)

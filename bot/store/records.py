@@ -27,6 +27,8 @@ class IngestItem:
     source: str = "alertmanager"
     refused: bool = False
     """The alert's labels pointed a templated target outside its allowed addresses."""
+    links: dict[str, str] = field(default_factory=dict)
+    """Where people can look at the alert: ``generator`` (its Prometheus graph), ``alertmanager``."""
 
 
 @dataclass
@@ -127,6 +129,7 @@ def incident_of(row: Row) -> Incident:
         alert_count=row["alert_count"] if "alert_count" in keys else 1,
         params=json.loads(row["params"]) if "params" in keys else {},
         merged_into=row["merged_into"] if "merged_into" in keys else None,
+        links=json.loads(row["links"]) if "links" in keys else {},
     )
 
 

@@ -168,11 +168,18 @@ def _migrate_v4(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS incidents_lease ON incidents (state, lease_until)")
 
 
+def _migrate_v5(conn: sqlite3.Connection) -> None:
+    """Links the alert came with (its Prometheus graph, Alertmanager), shown on the incident card."""
+    if "links" not in {r[1] for r in conn.execute("PRAGMA table_info(incidents)")}:
+        conn.execute("ALTER TABLE incidents ADD COLUMN links TEXT NOT NULL DEFAULT '{}'")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_v1,
     _migrate_v2,
     _migrate_v3,
     _migrate_v4,
+    _migrate_v5,
 )
 """Schema versions in order; ``PRAGMA user_version`` records how many have been applied."""
 

@@ -45,8 +45,8 @@ def _size_class(n: int) -> int:
 _INSERT_FIRING = {
     n: _padded_insert(
         "INSERT OR IGNORE INTO incidents (fingerprint, starts_at, alertname, alert_status, state, playbook,"
-        " target, target_index, labels, annotations, note, source, created_at, updated_at)",
-        14,
+        " target, target_index, labels, annotations, note, source, created_at, updated_at, links)",
+        15,
         n,
     )
     for n in (1 << i for i in range(_MAX_ROWS.bit_length()))
@@ -183,6 +183,7 @@ class IngestMixin(SQLiteBase):
                     it.source,
                     now,
                     now,
+                    strings_json(it.links) if it.links else "{}",
                 )
             )
         ids: dict[tuple[str, str], int] = {}
