@@ -201,8 +201,10 @@ class RunnerCore:
     async def sweep(self) -> list[int]:
         """One pass of the takeover: returns the incidents this process took over."""
         taken = []
-        for inc_id in await self.store.lapsed():
-            fence = await self.store.take_over(inc_id, self.owner, self.lease_ttl)
+        for inc_id in await self.store.lapsed(idle=self.lease_ttl):
+            if inc_id in self._fences:
+                continue  # this process is working on it right now
+            fence = await self.store.take_over(inc_id, self.owner, self.lease_ttl, idle=self.lease_ttl)
             if fence is None:
                 continue  # another process was first, or the holder came back
             taken.append(inc_id)

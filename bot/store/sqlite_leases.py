@@ -14,6 +14,13 @@ from bot.store.records import Fence
 from bot.store.sqlite_moves import MovesMixin
 
 _OPEN_SQL = "('new', 'diagnosing', 'awaiting_approval', 'remediating')"
+_LAPSED = (
+    "(lease_owner IS NOT NULL AND lease_until < ?)"
+    " OR (? > 0 AND lease_owner IS NULL AND state IN ('new', 'diagnosing') AND alert_status = 'firing'"
+    " AND updated_at < ?)"
+)
+"""A lease that lapsed, or (with ``idle`` > 0) work accepted but never started. Parameters: now, idle,
+now - idle."""
 
 
 class LeasesMixin(MovesMixin):
@@ -65,14 +72,17 @@ class LeasesMixin(MovesMixin):
 
         await self._run(run)
 
-    async def lapsed(self, limit: int = 100) -> list[int]:
-        """Open incidents whose runner's lease lapsed (its process died or hung): to take over."""
+    async def lapsed(self, limit: int = 100, *, idle: float = 0.0) -> list[int]:
+        """Open incidents whose runner's lease lapsed (its process died or hung), and with ``idle``
+        those accepted but never started (no lease, untouched for ``idle`` seconds: the process
+        that queued them died, or could not reach the store): to take over."""
 
         def run() -> list[int]:
+            now = time.time()
             rows = self.conn.execute(
-                f"SELECT id FROM incidents WHERE state IN {_OPEN_SQL} AND lease_owner IS NOT NULL"  # noqa: S608
-                " AND lease_until < ? ORDER BY id LIMIT ?",
-                (time.time(), limit),
+                f"SELECT id FROM incidents WHERE state IN {_OPEN_SQL} AND ({_LAPSED})"  # noqa: S608
+                " ORDER BY id LIMIT ?",
+                (now, idle, now - idle, limit),
             ).fetchall()
             return [int(r["id"]) for r in rows]
 
@@ -114,7 +124,7 @@ class LeasesMixin(MovesMixin):
 
         return await self._run(run)
 
-    async def take_over(self, incident_id: int, owner: str, ttl: float) -> Fence | None:
+    async def take_over(self, incident_id: int, owner: str, ttl: float, *, idle: float = 0.0) -> Fence | None:
         """Take a lapsed incident over in one transaction: the lease with a new token, the dead
         runner's running step runs interrupted, and an action it had claimed or was running closed
         as interrupted (the incident fails: never re-run without a new approval). Read-only steps
@@ -125,9 +135,8 @@ class LeasesMixin(MovesMixin):
             with self._tx() as conn:
                 row = conn.execute(
                     "SELECT state, lease_owner, lease_until, lease_token FROM incidents WHERE id = ?"  # noqa: S608
-                    f" AND state IN {_OPEN_SQL} AND lease_owner IS NOT NULL AND lease_owner != ?"
-                    " AND lease_until < ?",
-                    (incident_id, owner, now),
+                    f" AND state IN {_OPEN_SQL} AND ({_LAPSED})",
+                    (incident_id, now, idle, now - idle),
                 ).fetchone()
                 if row is None:
                     return None

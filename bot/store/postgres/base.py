@@ -38,7 +38,16 @@ from bot.store.records import dumps, process_owner
 T = TypeVar("T")
 
 _RETRIED = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    # A pooled connection that was idle when the server shut down may be handed out after the
+    # server's FATAL arrived but before the socket closed: asyncpg then raises this, not a
+    # connection error (a 500 instead of a 503 when PostgreSQL restarts; see tests/test_chaos.py).
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 ATTEMPTS = 4
 
 

@@ -20,6 +20,13 @@ from bot.store.postgres.moves import NOW, MovesMixin
 from bot.store.postgres.reads import OPEN_STATES
 from bot.store.records import Fence
 
+_LAPSED = (
+    f"(lease_owner IS NOT NULL AND lease_until < {NOW})"
+    " OR ($3::float8 > 0 AND lease_owner IS NULL AND state IN ('new', 'diagnosing') AND alert_status = 'firing'"
+    f" AND updated_at < {NOW} - $3::float8)"
+)
+"""A lease that lapsed (database clock), or (with ``idle`` = $3 > 0) work accepted but never started."""
+
 
 class LeasesMixin(MovesMixin):
     async def acquire(self, incident_id: int, owner: str, ttl: float) -> Fence | None:
@@ -71,15 +78,17 @@ class LeasesMixin(MovesMixin):
 
         await self._write(run)
 
-    async def lapsed(self, limit: int = 100) -> list[int]:
-        """Open incidents whose runner's lease lapsed (its process died or hung): to take over."""
+    async def lapsed(self, limit: int = 100, *, idle: float = 0.0) -> list[int]:
+        """Open incidents whose runner's lease lapsed (its process died or hung), and with ``idle``
+        those accepted but never started (no lease, untouched for ``idle`` seconds): to take over."""
 
         async def run(conn: Conn) -> list[int]:
             rows = await conn.fetch(
-                "SELECT id FROM incidents WHERE state = ANY($1::text[]) AND lease_owner IS NOT NULL"  # noqa: S608
-                f" AND lease_until < {NOW} ORDER BY id LIMIT $2",
+                f"SELECT id FROM incidents WHERE state = ANY($1::text[]) AND ({_LAPSED})"  # noqa: S608
+                " ORDER BY id LIMIT $2",
                 OPEN_STATES,
                 limit,
+                idle,
             )
             return [int(r["id"]) for r in rows]
 
@@ -128,7 +137,7 @@ class LeasesMixin(MovesMixin):
 
         return await self._write(run)
 
-    async def take_over(self, incident_id: int, owner: str, ttl: float) -> Fence | None:
+    async def take_over(self, incident_id: int, owner: str, ttl: float, *, idle: float = 0.0) -> Fence | None:
         """Take a lapsed incident over in one transaction: the lease with a new token, the dead
         runner's running step runs interrupted, and an action it had claimed or was running closed
         as interrupted (the incident fails: never re-run without a new approval). Read-only steps
@@ -137,11 +146,10 @@ class LeasesMixin(MovesMixin):
         async def run(conn: Conn) -> Fence | None:
             row = await conn.fetchrow(
                 "SELECT lease_owner, lease_token FROM incidents WHERE id = $1"  # noqa: S608
-                " AND state = ANY($2::text[]) AND lease_owner IS NOT NULL AND lease_owner != $3"
-                f" AND lease_until < {NOW} FOR UPDATE",
+                f" AND state = ANY($2::text[]) AND ({_LAPSED}) FOR UPDATE",
                 incident_id,
                 OPEN_STATES,
-                owner,
+                idle,
             )
             if row is None:
                 return None
