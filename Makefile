@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := redis-server redis-tools prometheus prometheus-alertmanager prometheus-redis-exporter postgresql
 
-.PHONY: install system-deps demo test test-fast lint lock format check bench clean
+.PHONY: install system-deps demo demo-ha test test-fast lint lock format check bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,9 @@ system-deps:  ## install the Debian packages the demo and tests run (needs root 
 
 demo: install  ## the main job on the embedded default: no Slack, no external services
 	$(BIN)/python -m bot.demo
+
+demo-ha: install  ## three replicas on PostgreSQL: one killed mid-incident, another takes over, one execution
+	$(BIN)/python -m bot.demo_ha
 
 test: install  ## the full test suite (real redis-server; end-to-end with Prometheus and Alertmanager)
 	$(BIN)/python -m pytest -q

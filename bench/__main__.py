@@ -1,13 +1,15 @@
 """Benchmarks of the bot against its baselines, measured side by side in one run.
 
-    .venv/bin/python -m bench                   everything (about 10 minutes on 2 cores)
-    .venv/bin/python -m bench --quick           a small smoke run (about 1 minute)
+    .venv/bin/python -m bench                   everything (about 21 minutes on 2 cores)
+    .venv/bin/python -m bench --quick           a small smoke run (about 2 minutes)
     .venv/bin/python -m bench --only memory,eviction
     .venv/bin/python -m bench --json out.json --markdown table.md
 
 Benchmarks: memory (report vs redis-cli --memkeys/--bigkeys), eviction (SCAN+UNLINK vs the
 runbook's KEYS | xargs DEL), ingest (POST /alerts vs a bare aiohttp + SQLite handler), first-message
-(alert to first notification, full memory-high diagnostics), scaling (report at 100k, 1M, 5M keys).
+(alert to first notification, full memory-high diagnostics), scaling (report at 100k, 1M, 5M keys),
+ha (ingest with two replicas on PostgreSQL vs one on SQLite; time from a replica's death to the
+takeover of its incident).
 Every benchmark starts its own redis-server on a free loopback port and stops every process it
 started, also on Ctrl-C. Figures are medians over ``--runs`` runs; the machine is shared, so expect
 noise and compare the ratios, which are measured in the same run.
@@ -21,10 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench import first_message, memory_report, pattern_eviction, scaling, webhook_ingest
+from bench import first_message, ha, memory_report, pattern_eviction, scaling, webhook_ingest
 from bench.common import Results, install_cleanup, log, machine, stop_all
 
-BENCHMARKS = ("memory", "eviction", "ingest", "first-message", "scaling")
+BENCHMARKS = ("memory", "eviction", "ingest", "first-message", "scaling", "ha")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             first_message.bench(res, keys, max(runs, 3) if not args.quick else 2)
         if "scaling" in only:
             scaling.bench(res, sizes, runs)
+        if "ha" in only:
+            ha.bench(res, rates, seconds, runs)
     except KeyboardInterrupt:
         log("interrupted: stopping every process the bench started")
         stop_all()
