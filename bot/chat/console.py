@@ -91,6 +91,9 @@ class ConsoleNotifier:
                 if run.status in view.PROBLEMS and run.details.strip():
                     lines.append(f"  {run.step_id}:")
                     lines.append(textwrap.indent(run.details.rstrip(), "    "))
+        for run in fresh:
+            if path := view.chart_path(run):
+                lines.append(f"  chart ({run.step_id}): {path}")
         if first:
             lines.append(f"  full output: {self._cmd('incidents', inc.id)}")
         self._say("\n".join(lines))

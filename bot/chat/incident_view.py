@@ -71,9 +71,20 @@ def part_of(inc: Incident, run: StepRun) -> Part:
         if run.status in RAN or run.status == StepStatus.PLANNED:
             return Part.ACTION
         return Part.DIGEST
-    if run.status != StepStatus.SKIPPED and action_before(inc, run) is not None:
+    if run.status != StepStatus.SKIPPED and not is_chart(run) and action_before(inc, run) is not None:
         return Part.CHECK
     return Part.DIGEST
+
+
+def is_chart(run: StepRun) -> bool:
+    """A chart is a picture of the incident, never a verification, even when it follows an action."""
+    return run.step_type == "prometheus.chart"
+
+
+def chart_path(run: StepRun) -> str | None:
+    """The PNG a chart step drew, or None (no data, skipped, or not a chart)."""
+    path = run.data.get("chart_path") if is_chart(run) else None
+    return path if isinstance(path, str) and path else None
 
 
 def action_before(inc: Incident, run: StepRun) -> StepRun | None:
@@ -93,7 +104,10 @@ def checks_after(inc: Incident, action: StepRun) -> list[StepRun]:
     return [
         s
         for s in inc.steps
-        if not s.mutating and s.status != StepStatus.SKIPPED and action.step_index < s.step_index < stop
+        if not s.mutating
+        and s.status != StepStatus.SKIPPED
+        and not is_chart(s)
+        and action.step_index < s.step_index < stop
     ]
 
 

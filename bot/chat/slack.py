@@ -32,9 +32,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chat import incident_view as view
@@ -48,6 +48,7 @@ from bot.chat.slack_card import (
     outcome_message,
     reminder_message,
 )
+from bot.chat.slack_files import FileUploads
 from bot.chat.slack_outbox import Outbox
 from bot.config import SlackConfig
 from bot.engine import Engine
@@ -61,8 +62,6 @@ PROGRESS_INTERVAL = 3.0
 """Seconds between two progress renders of one step (each is an edit; the outbox coalesces more)."""
 CLOSE_TIMEOUT = 8.0
 """Seconds :meth:`SlackNotifier.close` waits for queued messages (the CLI exits after it)."""
-FILE_ERRORS = frozenset({"missing_scope", "not_allowed_token_type", "no_permission", "unknown_method"})
-"""Upload errors that will not go away by retrying: uploads stop for this process."""
 
 
 def _digest(text: str, blocks: list[Block]) -> str:
@@ -117,6 +116,7 @@ class SlackNotifier:
         self._shown: dict[tuple[str, str], str] = {}
         self._replaced: set[int] = set()
         self._files = config.details == "file"
+        self.files = FileUploads(client, self.outbox)
         self._notices = itertools.count()
 
     @property
@@ -263,37 +263,52 @@ class SlackNotifier:
             if ref.get("details") or not view.has_details(inc):
                 return
             ref = await self._card(inc, ref) if not ref.get("ts") else ref
-            channel = str(ref["channel"])
-            try:
-                resp = await self.outbox.call(
-                    channel,
-                    lambda: self.client.files_upload_v2(
-                        channel=channel,
-                        thread_ts=str(ref["ts"]),
-                        filename=f"incident-{inc.id}-details.txt",
-                        title=f"Incident #{inc.id}: full output of every step",
-                        content=view.details_text(inc),
-                        snippet_type="text",
-                        initial_comment=f"Full output of every step of incident #{inc.id} so far.",
-                    ),
-                )
-            except SlackApiError as exc:
-                error = str(exc.response.get("error", "")) if exc.response is not None else ""
-                if error in FILE_ERRORS:
-                    self._files = False
-                    log.warning(
-                        "slack: cannot upload files (%s): add the files:write scope to the app, or set"
-                        " slack.details: command; full output stays in `remediation-bot incidents ID`",
-                        error,
-                    )
-                    return
-                raise
-            file = resp.get("file") or {}
-            ref["details"] = str(file.get("id") or "uploaded")
+            file_id = await self.files.upload(
+                str(ref["channel"]),
+                str(ref["ts"]),
+                filename=f"incident-{inc.id}-details.txt",
+                title=f"Incident #{inc.id}: full output of every step",
+                content=view.details_text(inc),
+                snippet_type="text",
+                initial_comment=f"Full output of every step of incident #{inc.id} so far.",
+            )
+            if file_id is None:
+                return
+            ref["details"] = file_id
             await self._save(inc.id, ref)
             self._digest_job(incident_id)  # the digest now points at the file
 
         self._queue(("details", incident_id), job)
+
+    def _chart_job(self, incident_id: int, run: StepRun, path: str) -> None:
+        """A chart step's PNG as an image in the thread (once per step run)."""
+
+        async def job() -> None:
+            inc, ref = await self._fresh(incident_id)
+            key = f"chart_{run.id}"
+            if ref.get(key) or not self.files.enabled:
+                return
+            try:
+                data = await asyncio.to_thread(Path(path).read_bytes)
+            except OSError as exc:
+                log.warning("slack: chart of incident %s is gone: %s", incident_id, exc)
+                return
+            ref = await self._card(inc, ref) if not ref.get("ts") else ref
+            title = str(run.data.get("title") or run.step_id)
+            file_id = await self.files.upload(
+                str(ref["channel"]),
+                str(ref["ts"]),
+                file=data,
+                filename=Path(path).name,
+                title=f"Incident #{inc.id}: {title}",
+                alt_txt=view.one_line(f"Chart: {run.summary}", 1000),
+                initial_comment=f"📈 {view.one_line(run.summary)}",
+            )
+            if file_id is not None:
+                ref[key] = file_id
+                await self._save(inc.id, ref)
+
+        self._queue(("chart", incident_id, run.id), job)
 
     def _escalation_job(self, incident_id: int) -> None:
         async def job() -> None:
@@ -430,6 +445,8 @@ class SlackNotifier:
             self._progress.pop(incident.id, None)
         self._progress_at.pop((incident.id, run.step_id), None)
         part = view.part_of(incident, run)
+        if path := view.chart_path(run):
+            self._chart_job(incident.id, run, path)
         if part == view.Part.ACTION:
             self._action_job(incident.id, run.step_id)
         elif part == view.Part.CHECK:
