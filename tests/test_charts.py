@@ -11,6 +11,7 @@ when the alert fired and when the action ran. The console prints the PNG's path.
 
 from __future__ import annotations
 
+import html
 import io
 import math
 import re
@@ -18,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -212,6 +214,12 @@ async def test_charts_go_into_the_thread_with_the_current_upload_api(
     assert after.status == StepStatus.OK
     assert after.data["marks"] == ["TestChart fired", "evict"], "the alert and the action are marked"
     assert "evict" in images[1].text, "the comment says what is marked"
+
+    link = html.unescape(re.search(r"<(http://[^|>]+)\|Incident page>", card.all_text).group(1))  # type: ignore[union-attr]
+    parts = urlsplit(link)
+    page = await bot.client.get(f"{parts.path}?{parts.query}")
+    body = await page.text()
+    assert page.status == 200 and body.count('<img src="data:image/png;base64,') == 2, "charts inline"
 
 
 async def test_the_console_prints_the_chart_path(

@@ -25,13 +25,10 @@ process sets none.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +46,13 @@ from bot.chat.slack_card import (
     reminder_message,
 )
 from bot.chat.slack_files import FileUploads
-from bot.chat.slack_outbox import Outbox
+from bot.chat.slack_outbox import Outbox, content_digest, keep
 from bot.config import SlackConfig
 from bot.engine import Engine
-from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepRun, StepStatus
+from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepRun, StepStatus, epoch
 from bot.notifier import NoticeLevel
 from bot.store import Store
+from bot.web.links import PageLinks
 
 log = logging.getLogger(__name__)
 
@@ -62,29 +60,6 @@ PROGRESS_INTERVAL = 3.0
 """Seconds between two progress renders of one step (each is an edit; the outbox coalesces more)."""
 CLOSE_TIMEOUT = 8.0
 """Seconds :meth:`SlackNotifier.close` waits for queued messages (the CLI exits after it)."""
-
-
-def _digest(text: str, blocks: list[Block]) -> str:
-    return hashlib.sha1(
-        json.dumps([text, blocks], sort_keys=True).encode(), usedforsecurity=False
-    ).hexdigest()
-
-
-def _keep(cache: dict[Any, Any], key: Any, value: Any, limit: int = 4096) -> None:
-    """Set ``cache[key]``, forgetting the oldest quarter past ``limit`` entries (a long-running
-    service sees many incidents; what is forgotten is read again from the store)."""
-    cache.pop(key, None)
-    cache[key] = value
-    if len(cache) > limit:
-        for old in list(cache)[: limit // 4]:
-            del cache[old]
-
-
-def _epoch(iso: str | None) -> float | None:
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
-    except ValueError:
-        return None
 
 
 class SlackNotifier:
@@ -117,6 +92,8 @@ class SlackNotifier:
         self._replaced: set[int] = set()
         self._files = config.details == "file"
         self.files = FileUploads(client, self.outbox)
+        self.page_links: PageLinks | None = PageLinks(engine.config, lambda: engine.store)
+        """Signed links to the incident page on the card (the service hands in its own)."""
         self._notices = itertools.count()
 
     @property
@@ -142,29 +119,29 @@ class SlackNotifier:
             ),
         )
         ref = {"channel": str(resp["channel"]), "ts": str(resp["ts"])}
-        _keep(self._shown, (ref["channel"], ref["ts"]), _digest(text, blocks))
+        keep(self._shown, (ref["channel"], ref["ts"]), content_digest(text, blocks))
         return ref
 
     async def _update(self, ref: dict[str, Any], text: str, blocks: list[Block]) -> None:
         """Edit a message, unless it already shows exactly this (a coalesced job often does)."""
-        key, digest = (str(ref["channel"]), str(ref["ts"])), _digest(text, blocks)
+        key, digest = (str(ref["channel"]), str(ref["ts"])), content_digest(text, blocks)
         if self._shown.get(key) == digest:
             return
         await self.outbox.call(
             key[0], lambda: self.client.chat_update(channel=key[0], ts=key[1], text=text, blocks=blocks)
         )
-        _keep(self._shown, key, digest)
+        keep(self._shown, key, digest)
 
     async def _fresh(self, incident_id: int) -> tuple[Incident, dict[str, Any]]:
         """The incident as stored now, and where its messages are (the store's record merged with
         what this process posted and may not have saved yet)."""
         inc = await self.store.get_incident(incident_id)
         ref = {**self._refs.get(incident_id, {}), **inc.chat_ref}
-        _keep(self._refs, incident_id, ref)
+        keep(self._refs, incident_id, ref)
         return inc, ref
 
     async def _save(self, incident_id: int, ref: dict[str, Any]) -> None:
-        _keep(self._refs, incident_id, ref)
+        keep(self._refs, incident_id, ref)
         await self.store.set_incident_chat_ref(incident_id, ref)
 
     async def _card_context(self, inc: Incident, *, first: bool) -> CardContext:
@@ -178,8 +155,18 @@ class SlackNotifier:
             waiting_for=called.quiet if first else called.rich,
             decision=decision,
             runbook=pb.runbook if pb is not None else "",
-            incident_url=self.config.incident_url,
+            incident_url=self.config.incident_url or await self._page(inc.id),
         )
+
+    async def _page(self, incident_id: int) -> str | None:
+        """The incident page's signed link; None (no link on the card) if the key cannot be read."""
+        if self.page_links is None:
+            return None
+        try:
+            return await self.page_links.incident(incident_id)
+        except Exception as exc:  # a link is a nicety: the card goes out without it
+            log.warning("slack: no incident page link for #%s: %s", incident_id, exc)
+            return None
 
     async def _card(self, inc: Incident, ref: dict[str, Any]) -> dict[str, Any]:
         """Post the card if it is missing (never with a mention), else edit it to the latest state."""
@@ -374,7 +361,7 @@ class SlackNotifier:
         if not self.config.remind or ap.id in self.reminders or ap.chat_ref.get("reminded"):
             return
         # requested_at is kept to the second; the configured lifetime gives the half exactly.
-        requested = _epoch(ap.requested_at) or ap.expires_ts - self.engine.config.approvals.ttl
+        requested = epoch(ap.requested_at) or ap.expires_ts - self.engine.config.approvals.ttl
         lifetime = min(self.engine.config.approvals.ttl, ap.expires_ts - requested + 1.0)
         if lifetime <= 0:
             return
