@@ -271,6 +271,9 @@ class SlackConfig(StrictModel):
     details: Literal["file", "command"] = "file"
     incident_url: str | None = None
     min_interval: Duration = Field(default=1.0, ge=0.0, le=60.0)
+    silencers: list[str] | None = None
+    """Who may silence and acknowledge (user IDs); unset: the approvers (and their group)."""
+    silencer_group: str | None = None
 
     @field_validator("mention")
     @classmethod

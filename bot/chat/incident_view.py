@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from bot.formatting import format_duration, human_bytes
-from bot.incidents import Incident, IncidentState, StepRun, StepStatus
+from bot.incidents import AuditEntry, Incident, IncidentState, StepRun, StepStatus, epoch
 
 PROBLEMS = frozenset(
     {
@@ -337,4 +337,33 @@ def links(inc: Incident, *, runbook: str = "", incident_url: str | None = None) 
         flt = quote("{" + matchers + "}", safe="")
         out.append(Link("Alertmanager", f"{am.rstrip('/')}/#/alerts?filter={flt}"))
         out.append(Link("Silence", f"{am.rstrip('/')}/#/silences/new?filter={flt}"))
+    return out
+
+
+# -- acknowledgements and silences (from the audit trail, the source of truth) -------------------------
+
+
+def acknowledged_by(audit: list[AuditEntry]) -> list[str]:
+    """Who acknowledged the incident ("I am on it"), first first, each once."""
+    return list(dict.fromkeys(e.actor or "?" for e in audit if e.kind == "incident.acknowledged"))
+
+
+@dataclass(frozen=True)
+class SilenceMark:
+    """A silence the bot created for the incident's alert, and not expired through the bot."""
+
+    id: str
+    by: str
+    ends_at: str
+
+
+def active_silences(audit: list[AuditEntry], now: float) -> list[SilenceMark]:
+    expired = {str(e.detail.get("silence_id")) for e in audit if e.kind == "silence.expired"}
+    out = []
+    for e in audit:
+        if e.kind != "silence.created" or str(e.detail.get("silence_id")) in expired:
+            continue
+        ends = str(e.detail.get("ends_at") or "")
+        if (epoch(ends) or 0.0) > now:
+            out.append(SilenceMark(str(e.detail["silence_id"]), e.actor or "?", ends))
     return out

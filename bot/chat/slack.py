@@ -47,9 +47,10 @@ from bot.chat.slack_card import (
 )
 from bot.chat.slack_files import FileUploads
 from bot.chat.slack_outbox import Outbox, content_digest, keep
+from bot.chat.slack_reminders import Reminders
 from bot.config import SlackConfig
 from bot.engine import Engine
-from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepRun, StepStatus, epoch
+from bot.incidents import OPEN_STATES, Approval, ApprovalState, Incident, IncidentState, StepRun, StepStatus
 from bot.notifier import NoticeLevel
 from bot.store import Store
 from bot.web.links import PageLinks
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 3.0
 """Seconds between two progress renders of one step (each is an edit; the outbox coalesces more)."""
+SILENCE_BUTTONS = ("1h", "4h")
+"""The card's Silence buttons (``/redis silence`` takes any duration)."""
 CLOSE_TIMEOUT = 8.0
 """Seconds :meth:`SlackNotifier.close` waits for queued messages (the CLI exits after it)."""
 
@@ -83,8 +86,7 @@ class SlackNotifier:
         self.progress_interval = progress_interval
         self.mentions = mentions or Mentions(config, client)
         self.outbox = Outbox(config.min_interval, on_error=self._failed)
-        self.reminders: dict[int, asyncio.Task[None]] = {}
-        """Reminder timers still waiting, by approval id (close cancels them)."""
+        self._reminders = Reminders(self)
         self._refs: dict[int, dict[str, Any]] = {}
         self._progress: dict[int, dict[str, str]] = {}
         self._progress_at: dict[tuple[int, str], float] = {}
@@ -151,14 +153,23 @@ class SlackNotifier:
             latest = await self.store.latest_approval(inc.id)
             decision = latest if latest is not None and latest.state != ApprovalState.PENDING else None
         pb = self.engine.playbooks.get(inc.playbook or "", inc.params) if inc.playbook else None
+        acked, silences = await self.marks(inc.id)
+        live = inc.status in OPEN_STATES or inc.alert_status == "firing"
+        silencing = self.engine.config.alertmanager is not None and inc.source == "alertmanager"
         return CardContext(
             waiting_for=called.quiet if first else called.rich,
             decision=decision,
             runbook=pb.runbook if pb is not None else "",
-            incident_url=self.config.incident_url or await self._page(inc.id),
+            incident_url=self.config.incident_url or await self.page_link(inc.id),
+            acknowledged=tuple(acked),
+            silences=tuple(silences),
+            ack_button=live and not acked,
+            silence_buttons=SILENCE_BUTTONS
+            if silencing and inc.alert_status == "firing" and not silences
+            else (),
         )
 
-    async def _page(self, incident_id: int) -> str | None:
+    async def page_link(self, incident_id: int) -> str | None:
         """The incident page's signed link; None (no link on the card) if the key cannot be read."""
         if self.page_links is None:
             return None
@@ -354,49 +365,39 @@ class SlackNotifier:
             if old.state != ApprovalState.PENDING:
                 self._replaced.add(old_id)
 
-    # -- reminders ------------------------------------------------------------------------------
+    # -- reminders, acknowledgements, silences ----------------------------------------------------
 
-    def _arm(self, ap: Approval) -> None:
-        """Remind at half the approval's lifetime, unless someone decided by then."""
-        if not self.config.remind or ap.id in self.reminders or ap.chat_ref.get("reminded"):
-            return
-        # requested_at is kept to the second; the configured lifetime gives the half exactly.
-        requested = epoch(ap.requested_at) or ap.expires_ts - self.engine.config.approvals.ttl
-        lifetime = min(self.engine.config.approvals.ttl, ap.expires_ts - requested + 1.0)
-        if lifetime <= 0:
-            return
-        at = ap.expires_ts - lifetime / 2
-
-        async def later() -> None:
-            await asyncio.sleep(max(0.0, at - time.time()))
-            fresh = await self.store.get_approval(ap.id)
-            if fresh.state == ApprovalState.PENDING and not fresh.chat_ref.get("reminded"):
-                self._reminder_job(ap.id)
-
-        task = asyncio.create_task(later(), name=f"slack-reminder-{ap.id}")
-        self.reminders[ap.id] = task
-
-        def done(t: asyncio.Task[None]) -> None:
-            if self.reminders.get(ap.id) is t:
-                del self.reminders[ap.id]
-            if not t.cancelled() and t.exception() is not None:
-                log.warning("slack: reminder for approval %s failed: %s", ap.id, t.exception())
-
-        task.add_done_callback(done)
-
-    def _disarm(self, approval_id: int) -> None:
-        task = self.reminders.get(approval_id)
-        if task is not None and not task.done():
-            task.cancel()
+    @property
+    def reminders(self) -> dict[int, asyncio.Task[None]]:
+        """Reminder timers still waiting, by approval id."""
+        return self._reminders.tasks
 
     async def rearm_reminders(self) -> int:
-        """After a restart: arm the reminders of requests still pending and not reminded yet."""
-        n = 0
-        for ap in await self.store.open_approvals():
-            if ap.state == ApprovalState.PENDING and ap.id not in self.reminders:
-                self._arm(ap)
-                n += ap.id in self.reminders
-        return n
+        return await self._reminders.rearm()
+
+    def remind(self, approval_id: int) -> None:
+        self._reminder_job(approval_id)
+
+    async def marks(self, incident_id: int) -> tuple[list[str], list[view.SilenceMark]]:
+        """Who acknowledged the incident, and its active silences (from the audit)."""
+        audit = await self.store.list_audit(incident_id=incident_id, limit=1000)
+        return view.acknowledged_by(audit), view.active_silences(audit, time.time())
+
+    async def acknowledged(self, incident_id: int) -> None:
+        """Someone is on it: the reminders stop and the card says who."""
+        await self._reminders.stop_for(incident_id)
+        self._card_job(incident_id)
+
+    def thread_note(self, incident_id: int, key: str, text: str, blocks: list[Block]) -> None:
+        """A message of its own in the incident's thread (a silence, an acknowledgement)."""
+
+        async def job() -> None:
+            inc, ref = await self._fresh(incident_id)
+            ref = await self._card(inc, ref) if not ref.get("ts") else ref
+            await self._post(ref["channel"], text, blocks, thread_ts=ref["ts"])
+
+        self._queue(("note", incident_id, key), job)
+        self._card_job(incident_id)
 
     # -- the Notifier protocol ------------------------------------------------------------------
 
@@ -453,11 +454,11 @@ class SlackNotifier:
         self._approval_job(approval.id)
         self._card_job(incident.id)
         if approval.state == ApprovalState.PENDING:
-            self._arm(approval)
+            self._reminders.arm(approval)
 
     async def approval_closed(self, incident: Incident, approval: Approval) -> None:
         """Replace the buttons with who decided what and when (or why it closed)."""
-        self._disarm(approval.id)
+        self._reminders.disarm(approval.id)
         self._approval_job(approval.id)
         self._card_job(incident.id)
 
@@ -475,7 +476,5 @@ class SlackNotifier:
         return await self.outbox.drain(within)
 
     async def close(self) -> None:
-        for task in self.reminders.values():
-            task.cancel()
-        await asyncio.gather(*self.reminders.values(), return_exceptions=True)
+        await self._reminders.close()
         await self.outbox.close(CLOSE_TIMEOUT)
