@@ -184,11 +184,12 @@ def render_png(
     for m in marks:
         if not lo <= m.at <= hi:
             continue
+        shift = -3 - 11 * (len(info.marks) % 4)  # labels of marks close together do not overlap
         color = ALERT_COLOR if m.kind == "alert" else ACTION_COLOR
         ax.axvline(num(m.at), color=color, linewidth=1.4, linestyle=":" if m.kind == "alert" else "-")
         ax.annotate(
-            m.label, xy=(num(m.at), 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
-            textcoords="offset points", fontsize=7, color=color, va="top", rotation=0,
+            m.label, xy=(num(m.at), 1.0), xycoords=("data", "axes fraction"), xytext=(3, shift),
+            textcoords="offset points", fontsize=7, color=color, va="top",
         )  # fmt: skip
         info.marks.append(m.label)
     ticks = time_ticks(lo, hi)

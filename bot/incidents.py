@@ -215,5 +215,7 @@ def moments(inc: Incident) -> list[dict[str, Any]]:
     for run in inc.steps:
         at = epoch(run.started_at)
         if run.mutating and run.status in EXECUTED and at is not None and not inc.dry_run:
-            out.append({"at": at, "label": run.step_id, "kind": "action"})
+            out.append(
+                {"at": at, "label": run.step_id, "kind": "action", "end": epoch(run.finished_at) or at}
+            )
     return out

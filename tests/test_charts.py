@@ -11,6 +11,7 @@ when the alert fired and when the action ran. The console prints the PNG's path.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import io
 import math
@@ -35,6 +36,9 @@ from bot.config import load_config
 from bot.engine import Engine
 from bot.incidents import IncidentState, StepStatus
 from bot.localstack import Prometheus, Stack
+from bot.prom import PromClient
+from bot.redisconn import RedisTarget
+from bot.steps import REGISTRY, StepContext
 from tests.conftest import RedisServer, alert_payload, seed_platform
 from tests.slack_fake import SlackFake
 from tests.test_slack import ALICE, CHANNEL, SECRET, SlackBot
@@ -235,3 +239,38 @@ async def test_the_console_prints_the_chart_path(
     path = chart.data["chart_path"]
     assert Path(path).read_bytes()[:8] == PNG and Path(path).parent == tmp_path / "charts"
     assert f"chart (chart): {path}" in out.getvalue()
+
+
+async def test_a_new_series_is_drawn_at_a_finer_step_and_after_the_next_scrape(
+    prometheus: Prometheus, tmp_path: Path
+) -> None:
+    """Seconds of data asked over an hour: re-read at a step that shows them (not one dot per 15 s).
+    With ``fresh``, a chart after an action waits for a scrape that saw the action's effect."""
+    prometheus.scrape = {"self": [prometheus.address]}
+    await asyncio.to_thread(prometheus.reload)
+    await asyncio.to_thread(
+        prometheus.wait_for_value, 'count_over_time(up{job="self"}[1m])', lambda v: v >= 4, 30
+    )
+    client = PromClient(prometheus.url, timeout=5.0)
+    acted = time.time()
+    ctx = StepContext(
+        target=RedisTarget("t", "redis://127.0.0.1:1"),
+        settings={
+            "chart_dir": str(tmp_path),
+            "marks": [{"at": acted, "end": acted, "label": "evict", "kind": "action"}],
+        },
+        prometheus=client,
+    )
+    st = REGISTRY["prometheus.chart"]
+    assert st.run is not None
+    try:
+        plain = await st.run(ctx, st.params.model_validate({"query": 'up{job="self"}', "range": "1h"}))
+        assert plain.data["points"] >= 4, plain.data
+        after = await st.run(
+            ctx,
+            st.params.model_validate({"query": 'up{job="self"}', "range": "1h", "fresh": 'up{job="self"}'}),
+        )
+    finally:
+        await client.close()
+    assert after.data["last"] > acted + 1.0, "drawn once Prometheus scraped after the action"
+    assert after.data["marks"] == ["evict"]

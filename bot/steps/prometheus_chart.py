@@ -19,6 +19,7 @@ from pydantic import Field
 from bot.charts import Line, Mark, render_png
 from bot.durations import Duration
 from bot.formatting import format_duration
+from bot.prom import PromClient
 from bot.steps.prometheus import Matchers, PromQL, Unit, prepare_query, series_name
 from bot.steps.registry import StepContext, StepOutput, StepParams, step
 
@@ -38,11 +39,41 @@ class ChartParams(StepParams):
         default=None, description="Drawn as a dashed line (e.g. the alert's bound)."
     )
     selector: Matchers | None = None
+    fresh: PromQL | None = Field(
+        default=None,
+        description="A raw series (e.g. redis_up{{ selector }}): wait until it was scraped after the"
+        " incident's last action, so a chart drawn after a fix shows its effect.",
+    )
+    max_wait: Duration = Field(default=30.0, le=300.0, description="The longest wait for ``fresh``.")
 
 
 def charts_available() -> bool:
     """Whether matplotlib can be imported (a dependency; a broken install is said, not crashed on)."""
     return importlib.util.find_spec("matplotlib") is not None
+
+
+FEW = 30
+"""Fewer points than this over the range, starting late: the data is re-read at a finer step."""
+
+
+async def _wait_for_scrape(ctx: StepContext, p: ChartParams, client: PromClient) -> None:
+    """With ``fresh``: wait (at most ``max_wait``) until Prometheus scraped it after the last action
+    ended; a chart drawn before that would show the state from before the fix."""
+    ends = [
+        float(m.get("end") or m["at"]) for m in ctx.settings.get("marks") or [] if m.get("kind") == "action"
+    ]
+    if p.fresh is None or not ends:
+        return
+    prepared = prepare_query(ctx, p.fresh, p.selector)
+    if isinstance(prepared, StepOutput):
+        return
+    _, fresh = prepared
+    deadline = time.monotonic() + p.max_wait
+    while time.monotonic() < deadline:
+        scraped = await client.value(f"max(timestamp({fresh}))")
+        if scraped is not None and scraped > max(ends) + 1.0:  # stored times are whole seconds
+            return
+        await asyncio.sleep(1.0)
 
 
 def marks_of(settings: dict[str, Any]) -> list[Mark]:
@@ -68,10 +99,18 @@ async def chart(ctx: StepContext, p: ChartParams) -> StepOutput:
     if not charts_available():
         return StepOutput(summary=NO_MATPLOTLIB, status="skipped")
     client, promql = prepared
+    await _wait_for_scrape(ctx, p, client)
     end = time.time()
     start = end - p.range
     step_s = p.step or max(1.0, p.range / 240)
     series = await client.query_range(promql, start=start, end=end, step=step_s)
+    points = [t for s in series for t, _ in s.points]
+    if p.step is None and points and len(points) < FEW and min(points) - step_s > start:
+        # Prometheus has only a few minutes of this (a new target, the demo): draw those minutes at
+        # a resolution that shows them, not one dot per quarter hour.
+        start = min(points) - step_s
+        step_s = max(1.0, (end - start) / 240)
+        series = await client.query_range(promql, start=start, end=end, step=step_s)
     title = p.title or promql
     data: dict[str, Any] = {"query": promql, "range_s": p.range, "chart_path": None}
     if not any(s.points for s in series):
@@ -100,5 +139,6 @@ async def chart(ctx: StepContext, p: ChartParams) -> StepOutput:
     last = max(s.points[-1][0] for s in series if s.points)
     shown = format_duration(max(0.0, last - first))
     data.update(chart_path=str(path), series=len(series), title=title, marks=info.marks, ticks=info.ticks)
+    data.update(points=sum(len(s.points) for s in series), first=first, last=last)
     marked = f"; marked: {', '.join(info.marks)}" if info.marks else ""
     return StepOutput(summary=f"chart of {title}, {shown} of data{marked}", data=data)
