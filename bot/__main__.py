@@ -183,7 +183,10 @@ async def cmd_incidents(args: argparse.Namespace, config: Config) -> int:
             if args.json:
                 print(inc.model_dump_json(indent=2))
             else:
+                from bot.web.links import PageLinks
+
                 _print_incident(inc)
+                print(f"  page: {await PageLinks(config, lambda: store).incident(inc.id)}")
             return EXIT_OK
         incidents = await store.list_incidents(limit=args.limit, open_only=args.open)
     finally:
@@ -367,7 +370,11 @@ def cmd_serve(args: argparse.Namespace, config: Config, playbooks: PlaybookSet) 
         log.warning("%s", warning)
     slack = SlackSettings.from_env()  # Slack tokens in the environment: Slack is the notifier
     notifier = None if slack is not None else ConsoleNotifier(config_path=args.config)
-    app = create_app(config, playbooks=playbooks, notifier=notifier, slack=slack)
+    from bot.web.links import listen_base
+
+    app = create_app(
+        config, playbooks=playbooks, notifier=notifier, slack=slack, listen=listen_base(host, port)
+    )
     print(
         f"remediation-bot {__version__} listening on http://{host}:{port} "
         f"({len(playbooks)} playbooks, {len(config.targets)} targets, state {config.state_location}"

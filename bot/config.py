@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from bot.config_chatops import AlertmanagerConfig, UiConfig
 from bot.config_jobs import (
     SchedulerConfig,
 )
@@ -257,8 +258,8 @@ class SlackConfig(StrictModel):
 
     ``mention``: who an approval request, its reminder and an escalation mention (user IDs ``U…``,
     user group IDs ``S…`` or handles, ``@here``); unset means the approver group and the approvers,
-    ``[]`` nobody. ``incident_url``: a link shown on the card, ``{id}`` replaced by the incident's
-    number (your incident tool; the bot serves no page of its own). ``min_interval``: at most one
+    ``[]`` nobody. ``incident_url``: your incident tool's page instead of the bot's own (a signed
+    link to ``/incidents/{id}``), ``{id}`` replaced by the incident's number. ``min_interval``: at most one
     message or edit per channel this often (Slack allows about one a second; bursts queue).
     """
 
@@ -270,6 +271,9 @@ class SlackConfig(StrictModel):
     details: Literal["file", "command"] = "file"
     incident_url: str | None = None
     min_interval: Duration = Field(default=1.0, ge=0.0, le=60.0)
+    silencers: list[str] | None = None
+    """Who may silence and acknowledge (user IDs); unset: the approvers (and their group)."""
+    silencer_group: str | None = None
 
     @field_validator("mention")
     @classmethod
@@ -378,6 +382,8 @@ class Config(StrictModel):
     guardrails: GuardrailConfig = GuardrailConfig()
     slack: SlackConfig = SlackConfig()
     prometheus: PrometheusConfig | None = None
+    alertmanager: AlertmanagerConfig | None = None
+    ui: UiConfig = UiConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     source: Path | None = Field(default=None, exclude=True)
 

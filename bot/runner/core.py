@@ -20,7 +20,7 @@ from typing import Any
 from bot.config import Config
 from bot.durations import format_duration
 from bot.errors import BotError, NotFound, StepError, StoreError, TargetError
-from bot.incidents import Incident, IncidentState, StepRun, StepStatus
+from bot.incidents import Incident, IncidentState, StepRun, StepStatus, moments
 from bot.lifecycle import AlertStatus
 from bot.metrics import Metrics
 from bot.notifier import SafeNotifier
@@ -286,6 +286,7 @@ class RunnerCore:
                 "incident_id": incident.id,
                 "step_id": step_id,
                 "chart_dir": str(self.config.state_file.parent / "charts"),
+                "marks": moments(incident),
                 "checkpoint": checkpoint,
             },
             prometheus=self.prometheus,
