@@ -27,6 +27,10 @@ def describe_change(change: dict[str, Any], db: object = None) -> str:
         return f"FLUSHDB ASYNC: delete every key of db {db}"
     if op == "bgsave":
         return "BGSAVE: write a fresh snapshot first"
+    if op == "client_kill":
+        return f"CLIENT KILL ID {name}: disconnect the client at {change.get('before')}"
+    if op == "memory_purge":
+        return "MEMORY PURGE: ask the allocator to return free pages to the OS"
     return f"{op} {name} {change.get('before')} -> {change.get('after')}"  # unknown: show it raw
 
 

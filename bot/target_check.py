@@ -56,6 +56,7 @@ ACTION_COMMANDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "redis.set_maxmemory": (("CONFIG", "SET", "maxmemory", "0"),),
     "redis.bgsave": (("BGSAVE",),),
     "redis.flushdb": (("BGSAVE",), ("FLUSHDB", "ASYNC")),
+    "redis.client_kill": (("CLIENT", "ID"), ("CLIENT", "KILL", "ID", "0")),
 }
 """What each action step type sends; ``{key}`` is a key its playbook's pattern matches."""
 

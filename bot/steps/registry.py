@@ -45,12 +45,13 @@ class StepOutput(BaseModel):
     details: str = ""
 
 
-ChangeOp = Literal["config_set", "unlink", "flushdb", "bgsave"]
+ChangeOp = Literal["config_set", "unlink", "flushdb", "bgsave", "client_kill", "memory_purge"]
 
 
 class Change(BaseModel):
     """One change an action makes on the target: ``CONFIG SET name before -> after``, ``UNLINK`` of
-    the keys matching ``name``, ``FLUSHDB``, ``BGSAVE``.
+    the keys matching ``name``, ``FLUSHDB``, ``BGSAVE``, ``CLIENT KILL ID name`` (``before``: the
+    client's address), ``MEMORY PURGE``.
 
     A plan lists every change its action will make, so the approver sees each one (a policy change
     cannot hide behind a memory limit), the plan hash covers each one, and ``execute`` performs the
