@@ -57,6 +57,7 @@ ACTION_COMMANDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "redis.bgsave": (("BGSAVE",),),
     "redis.flushdb": (("BGSAVE",), ("FLUSHDB", "ASYNC")),
     "redis.client_kill": (("CLIENT", "ID"), ("CLIENT", "KILL", "ID", "0")),
+    "redis.memory_purge": (("MEMORY", "PURGE"),),
 }
 """What each action step type sends; ``{key}`` is a key its playbook's pattern matches."""
 

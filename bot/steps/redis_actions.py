@@ -8,6 +8,7 @@ the safety rules that may have changed in between (protected keys appearing, a f
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -19,6 +20,7 @@ from bot.eviction import bgsave_and_wait, estimate_eviction, evict, find_protect
 from bot.formatting import format_duration, human_bytes
 from bot.keypatterns import key_matcher, refuse_reason
 from bot.redisconn import redis_errors
+from bot.redisops.expert import fork_cost
 from bot.steps.registry import Change, Plan, StepContext, StepOutput, StepParams, action, step
 
 HELM_HINT = (
@@ -419,15 +421,19 @@ class BgsaveParams(StepParams):
 
 
 async def plan_bgsave(ctx: StepContext, p: BgsaveParams) -> Plan:
+    """The approver sees what the fork will cost (pause, copy-on-write) before saying yes."""
     async with redis_errors(ctx.target.name):
-        info = await ctx.target.client.info("persistence")
+        info = await ctx.target.client.info("everything")
     age = time.time() - int(info.get("rdb_last_save_time", 0))
+    fork = fork_cost(info)
     return Plan(
         action="redis.bgsave",
         target=ctx.target.name,
         db=ctx.target.db,
-        summary=f"BGSAVE a fresh snapshot (last one {format_duration(age)} ago) and wait up to {format_duration(p.timeout)}",
+        summary=f"BGSAVE a fresh snapshot (last one {format_duration(age)} ago) and wait up to"
+        f" {format_duration(p.timeout)}. {fork.verdict}",
         changes=[Change(op="bgsave")],
+        details={"fork": asdict(fork)},
     )
 
 

@@ -1,4 +1,5 @@
-"""Gated actions on the server rather than the data: disconnecting a runaway client.
+"""Gated actions on the server rather than the data: disconnecting a runaway client, and giving
+free allocator pages back to the OS.
 
 A client that never reads its replies (a forgotten ``MONITOR``, a stuck subscriber) makes Redis hold
 every reply for it in an output buffer, which counts in used_memory like data. Disconnecting it
@@ -9,6 +10,7 @@ and an execute half that re-checks the client is the one approved before it acts
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 
 from pydantic import Field, model_validator
@@ -170,3 +172,62 @@ async def _used_memory(ctx: StepContext) -> int | None:
             return int((await ctx.target.client.info("memory")).get("used_memory", 0))
     except StepError:
         return None
+
+
+# ------------------------------------------------------------------------------------ memory purge
+
+
+class MemoryPurgeParams(StepParams):
+    min_reclaim: ByteSize = Field(
+        default=64 << 20, description="nothing to do while fewer free allocator pages than this are held"
+    )
+
+
+async def plan_memory_purge(ctx: StepContext, p: MemoryPurgeParams) -> Plan:
+    """MEMORY PURGE when jemalloc holds at least ``min_reclaim`` of free pages (allocator_rss_bytes)."""
+    async with redis_errors(ctx.target.name):
+        info = await ctx.target.client.info("memory")
+    allocator = str(info.get("mem_allocator", "?"))
+    if not allocator.startswith("jemalloc"):
+        raise PlanRefused(f"MEMORY PURGE only works with jemalloc; {ctx.target.name} uses {allocator}")
+    reclaim = int(info.get("allocator_rss_bytes", 0) or 0)
+    rss = int(info.get("used_memory_rss", 0) or 0)
+    base = Plan(action="redis.memory_purge", target=ctx.target.name, db=ctx.target.db, summary="")
+    if reclaim < p.min_reclaim:
+        return base.model_copy(
+            update={
+                "summary": f"the allocator holds {human_bytes(reclaim)} of free pages, under"
+                f" {human_bytes(p.min_reclaim)}: nothing worth purging",
+                "estimated_keys": 0,
+            }
+        )
+    return base.model_copy(
+        update={
+            "summary": f"MEMORY PURGE: ask jemalloc to return ~{human_bytes(reclaim)} of free pages to the"
+            f" OS (RSS now {human_bytes(rss)}); no key is touched",
+            "changes": [Change(op="memory_purge")],
+            "details": {"rss": rss, "reclaimable": reclaim},
+        }
+    )
+
+
+@action("redis.memory_purge", params=MemoryPurgeParams, plan=plan_memory_purge, timeout=60.0)
+async def run_memory_purge(ctx: StepContext, p: MemoryPurgeParams, plan: Plan) -> StepOutput:
+    """MEMORY PURGE: return the free pages jemalloc kept after a peak to the OS (RSS falls, no data moves).
+
+    Helps when RSS stays high after a peak (allocator_rss_bytes); fragmentation inside pages needs
+    ``activedefrag`` instead (see ``redis.memory_doctor``). Not once the kill switch is on.
+    """
+    if [c.op for c in planned(plan, {"memory_purge"})] != ["memory_purge"]:
+        raise StepError("not executed: the plan must list exactly one MEMORY PURGE")
+    client = ctx.target.client
+    async with redis_errors(ctx.target.name):
+        before = int((await client.info("memory")).get("used_memory_rss", 0))
+        await stop_point(ctx.should_stop, {"purged": False})
+        await call(client, "MEMORY", "PURGE")
+        await asyncio.sleep(0.25)  # INFO's RSS figure is refreshed by the server's cron (10 times a second)
+        after = int((await client.info("memory")).get("used_memory_rss", 0))
+    return StepOutput(
+        summary=f"MEMORY PURGE done: RSS {human_bytes(before)} -> {human_bytes(after)}",
+        data={"purged": True, "rss_before": before, "rss_after": after, "returned": before - after},
+    )
