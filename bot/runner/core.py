@@ -29,7 +29,7 @@ from bot.prom import PromClient
 from bot.redisconn import RedisTarget
 from bot.runner.guardrails import Guardrails
 from bot.runner.queue import FairQueue
-from bot.steps import StepContext, StepOutput
+from bot.steps import EarlierStep, StepContext, StepOutput
 from bot.store import Fence, StepResult, Store, process_owner
 from bot.target_pool import TargetPool
 
@@ -251,8 +251,17 @@ class RunnerCore:
         return t
 
     def context(
-        self, incident: Incident, target: RedisTarget, step_id: str, *, run_id: int | None = None
+        self,
+        incident: Incident,
+        target: RedisTarget,
+        step_id: str,
+        *,
+        run_id: int | None = None,
+        earlier: bool = True,
     ) -> StepContext:
+        """What a step of ``incident`` may use; ``earlier=False`` hides the incident's earlier results
+        (the execute-time re-plan measures afresh)."""
+
         async def progress(message: str) -> None:
             await self.notifier.step_progress(incident, step_id, message)
 
@@ -288,6 +297,11 @@ class RunnerCore:
             },
             prometheus=self.prometheus,
             should_stop=lambda: self._should_stop(incident.id),
+            earlier=tuple(
+                EarlierStep(s.step_id, s.step_type, str(s.status), s.data, s.finished_at)
+                for s in incident.steps
+                if earlier and not s.mutating and s.status in (StepStatus.OK, StepStatus.WARNING)
+            ),
         )
 
     async def _should_stop(self, incident_id: int) -> str | None:

@@ -88,7 +88,7 @@ class ExecuteMixin(DecideMixin):
             reason = await self.guardrails.reason(target.name)
             if reason is not None:
                 return await self._refuse(inc, ap, reason, IncidentState.ESCALATED)
-            fresh, error, _, _ = await self.plan(inc, step, target)
+            fresh, error, _, _ = await self.plan(inc, step, target, reuse=False)
             if fresh is None:
                 return await self._refuse(inc, ap, f"re-check failed: {error}")
             drift = plan_drift(plan, fresh, self.config.approvals.plan_margin)
@@ -125,8 +125,8 @@ class ExecuteMixin(DecideMixin):
             actor="bot",
             target=inc.target,
         )
-        waiting = await self.gate(
-            await self.store.get_incident(inc.id), pb, ap.step_index, step, self.target_for(inc)
+        waiting = await self.gate(  # from fresh measurements: the earlier ones just proved stale
+            await self.store.get_incident(inc.id), pb, ap.step_index, step, self.target_for(inc), reuse=False
         )
         if not waiting:
             await self.advance(await self.store.get_incident(inc.id), pb, self.target_for(inc))

@@ -181,7 +181,7 @@ async def clients(ctx: StepContext, p: ClientsParams) -> StepOutput:
         summary = f"{'; '.join(issues)}: {summary}"
     return StepOutput(
         summary=summary,
-        data=to_jsonable(r) | {"buffer_hog": hog},
+        data=to_jsonable(r) | {"buffer_hog": hog} | ({"finding": hog} if hog else {}),
         status="warning" if issues else "ok",
         details=join_blocks(details, unavailable_details(r.unavailable)),
     )

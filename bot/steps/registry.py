@@ -110,13 +110,29 @@ async def _never_stop() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class EarlierStep:
+    """A read-only step this incident already ran, as later steps of the same incident see it.
+
+    The eviction plan reads the memory report made minutes earlier instead of scanning the keyspace
+    a second time (see :func:`bot.steps.redis_actions.plan_evict`).
+    """
+
+    step_id: str
+    type: str
+    status: str
+    data: dict[str, Any]
+    finished_at: str | None = None
+
+
 @dataclass
 class StepContext:
     """What a step may touch: the target's Redis client, the alert's labels, and a progress callback.
 
     Steps reach Redis and Prometheus only through the clients given here, which keeps them testable
     against real servers and lets the runner pick least-privilege credentials. ``prometheus`` is None
-    when the config has no ``prometheus`` section.
+    when the config has no ``prometheus`` section. ``earlier`` lets a step reuse what the incident
+    already measured.
     """
 
     target: RedisTarget
@@ -126,6 +142,9 @@ class StepContext:
     settings: dict[str, Any] = field(default_factory=dict)
     prometheus: PromClient | None = None
     should_stop: StopFn = _never_stop
+    earlier: tuple[EarlierStep, ...] = ()
+    """The incident's finished read-only steps, oldest first; empty for the execute-time re-check,
+    which must measure afresh."""
 
 
 P = TypeVar("P", bound=StepParams)
