@@ -48,6 +48,8 @@ def describe_plan(plan: dict[str, Any]) -> str:
         lines.append("  changes:")
         lines.extend(f"    - {c}" for c in changes)
     lines.append(f"  target: {plan.get('target')} db {plan.get('db')}")
+    if plan.get("node"):
+        lines.append(f"  on: {plan['node']} (the primary when planned; a failover means a new plan)")
     if plan.get("pattern"):
         lines.append(f"  pattern: {plan['pattern']}")
     if plan.get("estimated_keys") is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
-from bot.errors import ActionStopped
+from bot.errors import ActionStopped, StepError
 from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepStatus
 from bot.lifecycle import AlertStatus
 from bot.playbook import Playbook, Step
@@ -30,6 +30,8 @@ def plan_drift(approved: Plan, fresh: Plan, margin: float) -> str | None:
     The target and what the action does must be identical; estimated keys and bytes may grow by at
     most ``margin`` (a live cache keeps changing) plus a small absolute slack for tiny plans.
     """
+    if approved.node != fresh.node:
+        return f"the primary moved from {approved.node} to {fresh.node} (a failover) since the plan was made"
     for name in ("action", "target", "db", "pattern", "params"):
         if getattr(approved, name) != getattr(fresh, name):
             return f"the plan's {name.replace('params', 'parameters')} changed"
@@ -92,6 +94,15 @@ class ExecuteMixin(DecideMixin):
             if fresh is None:
                 return await self._refuse(inc, ap, f"re-check failed: {error}")
             drift = plan_drift(plan, fresh, self.config.approvals.plan_margin)
+            if drift is None and plan.node is not None:
+                # Where the action will connect, asked once more: a failover may have happened just now.
+                acting = self.target_for(inc, action=True)
+                try:
+                    node = await self.located(acting, acting.locate)
+                except StepError as exc:
+                    return await self._refuse(inc, ap, f"re-check failed: {exc}")
+                if node != plan.node:
+                    drift = f"the primary moved from {plan.node} to {node} (a failover) just before acting"
             if drift is not None:
                 return await self._ask_again(inc, ap, pb, step, drift)
             run_id = await self.store.claim(

@@ -27,8 +27,12 @@ class GateMixin(RunnerCore):
         plan_fn = step.type.plan
         assert plan_fn is not None
         ctx = self.context(inc, target, step.id, earlier=reuse)
-        out, status, error = await self.timed(step, lambda: plan_fn(ctx, step.params), inc.id)
+        out, status, error = await self.timed(
+            step, lambda: self.located(target, lambda: plan_fn(ctx, step.params)), inc.id
+        )
         if isinstance(out, Plan):
+            if target.node is not None:  # bound to the primary it was made on (see plan_drift)
+                out = out.model_copy(update={"node": target.node})
             return out, None, status, None
         return None, error, status, out if isinstance(out, Exception) else None
 

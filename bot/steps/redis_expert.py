@@ -14,6 +14,7 @@ from bot.formatting import human_bytes, join_blocks, pct, table, unavailable_det
 from bot.redisconn import redis_errors
 from bot.redisops import expert, roles
 from bot.redisops.common import to_jsonable
+from bot.steps.redis_memory import on_replica
 from bot.steps.registry import StepContext, StepOutput, StepParams, step
 
 # ----------------------------------------------------------------------------------- memory doctor
@@ -120,9 +121,10 @@ async def keys_without_ttl(ctx: StepContext, p: KeysWithoutTTLParams) -> StepOut
     """
     protected = list(ctx.protected_patterns)
     async with redis_errors(ctx.target.name):
-        keyspace = await ctx.target.client.info("keyspace")
+        client, replica = await ctx.target.read_client()
+        keyspace = await client.info("keyspace")
         s = await roles.sample_ttls(
-            ctx.target.client, protected, sample=p.sample, separator=p.separator.encode(), depth=p.depth
+            client, protected, sample=p.sample, separator=p.separator.encode(), depth=p.depth
         )
     a = roles.ttl_audit(keyspace, s, protected, share_warn=p.share_warn, top=p.top)
     dbs = "; ".join(
@@ -155,8 +157,8 @@ async def keys_without_ttl(ctx: StepContext, p: KeysWithoutTTLParams) -> StepOut
         for n in a.namespaces
     ]
     return StepOutput(
-        summary=summary,
-        data=to_jsonable(a),
+        summary=summary + on_replica(replica),
+        data=to_jsonable(a) | {"replica": replica},
         status="warning" if a.flagged else "ok",
         details=table(["namespace", "sampled", "no TTL", "share", "protected"], rows) if rows else "",
     )

@@ -16,6 +16,12 @@ from bot.redisops.keyspace import keyspace_report
 from bot.steps.redis_info import HIT_RATIO_WARN
 from bot.steps.registry import StepContext, StepOutput, StepParams, step
 
+
+def on_replica(replica: str | None) -> str:
+    """Where a heavy read ran, when ``prefer_replica`` sent it to a replica."""
+    return f" (read on replica {replica})" if replica else ""
+
+
 # ------------------------------------------------------------------------------------ memory report
 
 
@@ -45,8 +51,9 @@ async def memory_report(ctx: StepContext, p: MemoryReportParams) -> StepOutput:
         await ctx.progress(f"memory report: {scanned:,} of ~{dbsize:,} keys scanned")
 
     async with redis_errors(ctx.target.name):
+        client, replica = await ctx.target.read_client()
         r = await memory.memory_report(
-            ctx.target.client,
+            client,
             top=p.top,
             count=p.count,
             separator=p.separator.encode(),
@@ -108,8 +115,8 @@ async def memory_report(ctx: StepContext, p: MemoryReportParams) -> StepOutput:
     if r.prefixes_overflowed:
         notes.append(f"more than {p.max_prefixes} prefixes: the rest are lumped as {OTHER_PREFIXES}")
     return StepOutput(
-        summary=summary,
-        data=to_jsonable(r),
+        summary=summary + on_replica(replica),
+        data=to_jsonable(r) | {"replica": replica},
         details=join_blocks(
             prefix_table, keys_table, type_table, "; ".join(notes), unavailable_details(r.unavailable)
         ),
@@ -137,8 +144,9 @@ async def memory_estimate(ctx: StepContext, p: MemoryEstimateParams) -> StepOutp
     (``redis.memory_report``) follows for exact figures and the biggest keys.
     """
     async with redis_errors(ctx.target.name):
+        client, replica = await ctx.target.read_client()
         r = await estimate.memory_estimate(
-            ctx.target.client,
+            client,
             sample=p.sample,
             batch=p.batch,
             samples=p.samples,
@@ -170,8 +178,8 @@ async def memory_estimate(ctx: StepContext, p: MemoryEstimateParams) -> StepOutp
         for x in r.namespaces
     ]
     return StepOutput(
-        summary=summary + unavailable_note(r.unavailable),
-        data=to_jsonable(r),
+        summary=summary + on_replica(replica) + unavailable_note(r.unavailable),
+        data=to_jsonable(r) | {"replica": replica},
         details=join_blocks(
             table(["namespace", "share", "keys", "memory", "sampled"], rows),
             unavailable_details(r.unavailable),
@@ -200,8 +208,9 @@ async def keyspace(ctx: StepContext, p: KeyspaceParams) -> StepOutput:
     unread (OBJECT IDLETIME, or OBJECT FREQ under an LFU policy) and how many have a TTL.
     """
     async with redis_errors(ctx.target.name):
+        client, replica = await ctx.target.read_client()
         r = await keyspace_report(
-            ctx.target.client,
+            client,
             sample=p.sample,
             count=p.count,
             separator=p.separator.encode(),
@@ -236,8 +245,8 @@ async def keyspace(ctx: StepContext, p: KeyspaceParams) -> StepOutput:
     label = "freq" if freq else "idle s"
     details = table(["prefix", "sampled", "with TTL", f"{label} p50", f"{label} p90", "TTL p50 s"], rows)
     return StepOutput(
-        summary=summary + unavailable_note(r.unavailable),
-        data=to_jsonable(r) | {"hit_ratio_warn": p.hit_ratio_warn, "likely_cause": cause},
+        summary=summary + on_replica(replica) + unavailable_note(r.unavailable),
+        data=to_jsonable(r) | {"hit_ratio_warn": p.hit_ratio_warn, "likely_cause": cause, "replica": replica},
         status="warning" if low else "ok",
         details=join_blocks(details if rows else "", unavailable_details(r.unavailable)),
     )

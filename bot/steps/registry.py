@@ -88,10 +88,15 @@ class Plan(BaseModel):
     changes: list[Change] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
     details: dict[str, Any] = Field(default_factory=dict)
+    node: str | None = None
+    """The server (``host:port``) the plan was made on, for targets whose primary can move (Sentinel):
+    after a failover the plan no longer holds, and the runner plans again on the new primary."""
 
     def digest(self) -> str:
-        """SHA-256 of the canonical JSON form: the same plan always gives the same hash."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the canonical JSON form: the same plan always gives the same hash (a plan
+        without ``node`` hashes as plans did before the field existed)."""
+        data = self.model_dump(mode="json", exclude={"node"} if self.node is None else None)
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
