@@ -5,7 +5,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := redis-server redis-tools prometheus prometheus-alertmanager prometheus-redis-exporter postgresql chromium
+SYSTEM_PACKAGES := redis-server redis-tools redis-sentinel prometheus prometheus-alertmanager prometheus-redis-exporter postgresql chromium
 
 .PHONY: install system-deps demo test test-fast lint lock format check bench clean
 

@@ -284,9 +284,9 @@ def _resolve_target(config: Config, given: str | None) -> tuple[str, int | None,
         plain = [t for t in config.targets if not t.label_names()]
         if len(plain) != 1:
             raise BotError("say which target with --target (a Redis URL or a target name from the config)")
-        given = plain[0].name or plain[0].url
+        given = plain[0].name or plain[0].where
     for i, t in enumerate(config.targets):
-        if given in (t.name, t.url) or (not t.label_names() and redact_url(t.url) == given):
+        if given in (t.name, t.where, t.label) or (not t.label_names() and redact_url(t.where) == given):
             rt = t.resolve({}, config.runner.redis_timeout)
             return rt.name, i, rt
     if not given.startswith(("redis://", "rediss://", "unix://")):
