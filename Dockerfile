@@ -16,7 +16,10 @@ LABEL org.opencontainers.image.title="redis-remediation-bot" \
       org.opencontainers.image.description="Alertmanager alerts -> runbook playbooks -> approved Redis remediation"
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/remediation-bot bot
 COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# Charts (matplotlib, a runtime dependency) draw off-screen and keep their font cache in /tmp, which
+# stays writable under Kubernetes' readOnlyRootFilesystem (an emptyDir there).
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    MPLBACKEND=Agg MPLCONFIGDIR=/tmp/matplotlib
 USER 10001
 WORKDIR /var/lib/remediation-bot
 EXPOSE 8080

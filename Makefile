@@ -1,11 +1,11 @@
 # Set-up and everyday commands. `make demo` and `make test` work on a fresh Debian machine:
 # they create .venv and install redis-server (and, for the end-to-end tests, Prometheus,
-# Alertmanager and redis_exporter; for the PostgreSQL backend's tests, postgresql) with apt-get
-# when missing.
+# Alertmanager and redis_exporter; for the PostgreSQL backend's tests, postgresql; for the incident page's
+# browser test, chromium) with apt-get when missing.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := redis-server redis-tools prometheus prometheus-alertmanager prometheus-redis-exporter postgresql
+SYSTEM_PACKAGES := redis-server redis-tools redis-sentinel prometheus prometheus-alertmanager prometheus-redis-exporter postgresql chromium
 
 .PHONY: install system-deps demo demo-ha test test-fast lint lock format check bench clean
 

@@ -183,7 +183,10 @@ async def cmd_incidents(args: argparse.Namespace, config: Config) -> int:
             if args.json:
                 print(inc.model_dump_json(indent=2))
             else:
+                from bot.web.links import PageLinks
+
                 _print_incident(inc)
+                print(f"  page: {await PageLinks(config, lambda: store).incident(inc.id)}")
             return EXIT_OK
         incidents = await store.list_incidents(limit=args.limit, open_only=args.open)
     finally:
@@ -281,9 +284,9 @@ def _resolve_target(config: Config, given: str | None) -> tuple[str, int | None,
         plain = [t for t in config.targets if not t.label_names()]
         if len(plain) != 1:
             raise BotError("say which target with --target (a Redis URL or a target name from the config)")
-        given = plain[0].name or plain[0].url
+        given = plain[0].name or plain[0].where
     for i, t in enumerate(config.targets):
-        if given in (t.name, t.url) or (not t.label_names() and redact_url(t.url) == given):
+        if given in (t.name, t.where, t.label) or (not t.label_names() and redact_url(t.where) == given):
             rt = t.resolve({}, config.runner.redis_timeout)
             return rt.name, i, rt
     if not given.startswith(("redis://", "rediss://", "unix://")):
@@ -367,7 +370,11 @@ def cmd_serve(args: argparse.Namespace, config: Config, playbooks: PlaybookSet) 
         log.warning("%s", warning)
     slack = SlackSettings.from_env()  # Slack tokens in the environment: Slack is the notifier
     notifier = None if slack is not None else ConsoleNotifier(config_path=args.config)
-    app = create_app(config, playbooks=playbooks, notifier=notifier, slack=slack)
+    from bot.web.links import listen_base
+
+    app = create_app(
+        config, playbooks=playbooks, notifier=notifier, slack=slack, listen=listen_base(host, port)
+    )
     print(
         f"remediation-bot {__version__} listening on http://{host}:{port} "
         f"({len(playbooks)} playbooks, {len(config.targets)} targets, state {config.state_location}"

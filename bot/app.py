@@ -23,6 +23,8 @@ from bot.playbook import PlaybookSet, load_playbooks
 from bot.runner import Runner
 from bot.scheduler import Scheduler
 from bot.store import Store
+from bot.web.links import LinksPages, PageLinks
+from bot.web.routes import PAGE_STORE, add_pages
 from bot.webhook import BODY_TIMEOUT, INTAKE, MAX_BODY, WEBHOOK_TOKEN, handle_alerts, never_500
 
 log = logging.getLogger(__name__)
@@ -76,11 +78,14 @@ def create_app(
     playbooks: PlaybookSet | None = None,
     webhook_token: str | None = None,
     slack: SlackSettings | None = None,
+    listen: str | None = None,
 ) -> web.Application:
     """Build the service. ``webhook_token`` defaults to ``$BOT_WEBHOOK_TOKEN`` (empty: no auth).
 
     ``slack`` defaults to the ``SLACK_*`` environment; when set, Slack is the notifier (unless
     ``notifier`` is given) and ``POST /slack/events`` / Socket Mode receive clicks and commands.
+    ``listen`` (``http://host:port``) is the base of the incident pages' links when
+    ``ui.public_url`` is unset.
     """
     pbs = playbooks if playbooks is not None else load_playbooks(config.playbooks)
     slack = slack if slack is not None else SlackSettings.from_env()
@@ -94,6 +99,10 @@ def create_app(
         engine.playbooks = with_adhoc_playbooks(pbs)  # so `/redis evict` incidents resolve their playbook
         slack_wiring = SlackWiring(config, slack, engine)
         engine.notifier = notifier or slack_wiring.notifier
+    links = PageLinks(config, lambda: engine.store, listen=listen)
+    for chat in (notifier, slack_wiring.notifier if slack_wiring is not None else None):
+        if isinstance(chat, LinksPages):
+            chat.page_links = links  # the cards and console blocks link the incident page
     limit = config.server.max_body_bytes
     app = web.Application(client_max_size=limit, middlewares=[never_500])
     app[CONFIG] = config
@@ -109,6 +118,7 @@ def create_app(
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         async with engine:
             app[STORE] = engine.store
+            app[PAGE_STORE] = engine.store
             app[RUNNER] = engine.runner
             app[INTAKE] = engine.intake
             log.info(
@@ -130,6 +140,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
+    add_pages(app, config, links)
     return app
 
 

@@ -18,35 +18,27 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
-    BeforeValidator,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from bot.config_chatops import AlertmanagerConfig, UiConfig
 from bot.config_jobs import (
     SchedulerConfig,
 )
+from bot.config_targets import ByteSize as ByteSize  # re-exported, as the names below
+from bot.config_targets import LabelMatcher as LabelMatcher
+from bot.config_targets import Regex as Regex
+from bot.config_targets import TargetConfig as TargetConfig
 from bot.durations import Duration
 from bot.errors import ConfigError, Problem
 from bot.prom import DEFAULT_SELECTOR, template_problems
-from bot.redisconn import RedisTarget, default_name
-from bot.targets import (
-    TEMPLATE,
-    AllowedAddress,
-    allowed_addresses_problem,
-    fill,
-    fixed_address,
-    resolve_url,
-    templated_host,
-    url_template_problems,
-)
 from bot.validation import StrictModel, interpolate_env, load_yaml, validation_problems
 
 
@@ -61,134 +53,7 @@ BUNDLED_PLAYBOOKS = _bundled_playbooks()
 ALWAYS_PROTECTED = ("bull:*",)
 """BullMQ's queues: deleting them loses jobs, so no config can unprotect them."""
 
-_SCHEMES = ("redis://", "rediss://", "unix://")
 _ACCOUNT = re.compile(r"[\w.@$-]+")
-
-
-def _compile(value: object) -> re.Pattern[str]:
-    if isinstance(value, re.Pattern):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("expected a regular expression string")
-    try:
-        return re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
-
-
-Regex = Annotated[re.Pattern[str], BeforeValidator(_compile)]
-
-
-def _parse_bytes(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected a size like 512mb or 2gb")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*", value.lower())
-        if m:
-            unit = (m.group(2) or "").rstrip("b").rstrip("i")
-            factor = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[unit]
-            return int(float(m.group(1)) * factor)
-    raise ValueError(f"invalid size {value!r}: use bytes or e.g. 512mb, 2gb")
-
-
-ByteSize = Annotated[int, BeforeValidator(_parse_bytes), Field(gt=0)]
-
-
-class LabelMatcher(StrictModel):
-    """Alert labels that select something: exact values in ``match``, full-match regexes in ``match_re``."""
-
-    match: dict[str, str] = Field(default_factory=dict)
-    match_re: dict[str, Regex] = Field(default_factory=dict)
-
-    def matches(self, labels: dict[str, str]) -> bool:
-        if any(labels.get(name) != value for name, value in self.match.items()):
-            return False
-        return all(rx.fullmatch(labels.get(name, "")) is not None for name, rx in self.match_re.items())
-
-
-class TargetConfig(LabelMatcher):
-    """A Redis database and the alerts that concern it.
-
-    Alerts from redis_exporter carry the *exporter's* address in ``instance``; select the target with
-    other labels (``job``, ``service``) or build the URL from a label with ``{{ labels.NAME }}``. A
-    URL whose host or port comes from a label must list where it may go in ``allowed_addresses``
-    (see :mod:`bot.targets`): labels come from whoever can POST an alert.
-    """
-
-    name: str | None = None
-    url: str
-    action_url: str | None = Field(
-        default=None, description="Credentials for mutating actions (least privilege for diagnostics)."
-    )
-    allowed_addresses: list[AllowedAddress] = Field(
-        default_factory=list,
-        validate_default=True,
-        description="Where a URL templated from alert labels may connect: host:port, host globs, CIDR:port.",
-    )
-    maxmemory_ceiling: ByteSize | None = None
-
-    @field_validator("url", "action_url")
-    @classmethod
-    def _check_url(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if not v.startswith(_SCHEMES):
-            raise ValueError(f"must start with one of {', '.join(_SCHEMES)}")
-        leftover = TEMPLATE.sub("", v)
-        if "{{" in leftover or "}}" in leftover:
-            raise ValueError("templates must look like {{ labels.NAME }}")
-        if problems := url_template_problems(v):
-            raise ValueError("; ".join(problems))
-        if not templated_host(v):
-            fixed_address(v)  # a ValueError (bad port) is reported at this field
-        return v
-
-    @field_validator("allowed_addresses")
-    @classmethod
-    def _check_allowed(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        if "url" in info.data and (problem := allowed_addresses_problem(info.data["url"], v)):
-            raise ValueError(problem)  # without "url" the url itself is invalid, and reported
-        return v
-
-    def label_names(self) -> list[str]:
-        return TEMPLATE.findall(self.url)
-
-    def target_name(self, labels: dict[str, str]) -> str:
-        """The target's name for these labels, without building a client (the webhook's hot path).
-
-        Raises :class:`TargetRefused` when the labels point outside ``allowed_addresses``."""
-        if "{{" not in self.url and "{{" not in (self.name or ""):
-            return self.name or default_name(self.url)
-        return self.resolve(labels).name
-
-    def resolve(self, labels: dict[str, str], timeout: float = 5.0, *, action: bool = False) -> RedisTarget:
-        """The concrete target for an alert: the URL with ``{{ labels.X }}`` filled from its labels.
-
-        With ``action=True`` the ``action_url`` credentials are used when configured, so diagnostics
-        can run as a read-only ACL user and only approved actions use the privileged one. Raises
-        :class:`TargetRefused` (before any client exists) when the URL leaves ``allowed_addresses``.
-        """
-        url = resolve_url(self.url, labels, self.allowed_addresses)
-        name = fill(self.name, labels) if self.name else default_name(url)
-        if action and self.action_url:
-            url = resolve_url(self.action_url, labels, self.allowed_addresses)
-        return RedisTarget(name=name, url=url, timeout=timeout)
-
-    @model_validator(mode="after")
-    def _same_place(self) -> TargetConfig:
-        """``action_url`` may carry other credentials, never another host or database."""
-        if self.action_url and _without_userinfo(self.action_url) != _without_userinfo(self.url):
-            raise ValueError(
-                "action_url must point at the same host, port and db as url (only credentials may differ)"
-            )
-        return self
-
-
-def _without_userinfo(url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class ServerConfig(StrictModel):
@@ -257,8 +122,8 @@ class SlackConfig(StrictModel):
 
     ``mention``: who an approval request, its reminder and an escalation mention (user IDs ``U…``,
     user group IDs ``S…`` or handles, ``@here``); unset means the approver group and the approvers,
-    ``[]`` nobody. ``incident_url``: a link shown on the card, ``{id}`` replaced by the incident's
-    number (your incident tool; the bot serves no page of its own). ``min_interval``: at most one
+    ``[]`` nobody. ``incident_url``: your incident tool's page instead of the bot's own (a signed
+    link to ``/incidents/{id}``), ``{id}`` replaced by the incident's number. ``min_interval``: at most one
     message or edit per channel this often (Slack allows about one a second; bursts queue).
     """
 
@@ -270,6 +135,9 @@ class SlackConfig(StrictModel):
     details: Literal["file", "command"] = "file"
     incident_url: str | None = None
     min_interval: Duration = Field(default=1.0, ge=0.0, le=60.0)
+    silencers: list[str] | None = None
+    """Who may silence and acknowledge (user IDs); unset: the approvers (and their group)."""
+    silencer_group: str | None = None
 
     @field_validator("mention")
     @classmethod
@@ -378,6 +246,8 @@ class Config(StrictModel):
     guardrails: GuardrailConfig = GuardrailConfig()
     slack: SlackConfig = SlackConfig()
     prometheus: PrometheusConfig | None = None
+    alertmanager: AlertmanagerConfig | None = None
+    ui: UiConfig = UiConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     source: Path | None = Field(default=None, exclude=True)
 

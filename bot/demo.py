@@ -39,6 +39,7 @@ from bot.incidents import Incident, IncidentState
 from bot.localstack import RedisServer, Stack, fast_rules, find_binary, free_port
 from bot.runner import Runner
 from bot.store import Store
+from bot.web.routes import LINKS
 
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "redis-alerts.yml"
@@ -200,6 +201,7 @@ async def serve_bot(
         load_config(config_path),
         notifier=ConsoleNotifier(config_path=config_path, details=not quiet),
         webhook_token=token,
+        listen=f"http://127.0.0.1:{port}",
     )
     app_runner = web.AppRunner(app)
     await app_runner.setup()
@@ -263,6 +265,14 @@ async def story(
     say(f"Incident #{final.id} is {final.status}.")
     for s in final.steps:
         print(f"  [{s.status}] {s.step_id}: {s.summary[:110]}")
+    page = await app[LINKS].incident(final.id)
+    charts = [s.data["chart_path"] for s in final.steps if s.data.get("chart_path")]
+    for path in charts:
+        print(f"  chart: {path}")
+    say("The incident's page: every step, the chart, the plan, who approved, the audit")
+    print(f"  {page}")
+    if not args.yes and sys.stdin.isatty():
+        await ask("The page is served until you press Enter. ")
     print(
         f"\nLook around: remediation-bot incidents --config {args.config_path}"
         f"  |  remediation-bot audit --config {args.config_path}"

@@ -188,3 +188,34 @@ class AuditEntry(BaseModel):
     target: str | None = None
     plan_hash: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+def epoch(value: str | None) -> float | None:
+    """Unix seconds of an ISO timestamp as stored (``...Z``), or None when missing or unreadable."""
+    if not value:
+        return None
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
+
+
+EXECUTED = frozenset({StepStatus.OK, StepStatus.FAILED, StepStatus.ERROR, StepStatus.TIMEOUT})
+
+
+def moments(inc: Incident) -> list[dict[str, Any]]:
+    """When the alert fired and when each of the incident's actions ran, for charts to mark:
+    ``{"at": unix seconds, "label": ..., "kind": "alert" | "action"}``."""
+    out: list[dict[str, Any]] = []
+    fired = epoch(inc.starts_at) if inc.source == "alertmanager" else epoch(inc.created_at)
+    if fired is not None:
+        label = f"{inc.alertname} fired" if inc.source == "alertmanager" else "incident opened"
+        out.append({"at": fired, "label": label, "kind": "alert"})
+    for run in inc.steps:
+        at = epoch(run.started_at)
+        if run.mutating and run.status in EXECUTED and at is not None and not inc.dry_run:
+            out.append(
+                {"at": at, "label": run.step_id, "kind": "action", "end": epoch(run.finished_at) or at}
+            )
+    return out

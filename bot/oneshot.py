@@ -25,7 +25,7 @@ from bot.alerts import Alert
 from bot.config import Config, LabelMatcher
 from bot.errors import BotError, NotFound, StepTimeout
 from bot.playbook import Playbook, PlaybookSet, Step
-from bot.redisconn import RedisTarget, default_name, redact_url
+from bot.redisconn import RedisTarget, redact_url
 from bot.steps import REGISTRY, StepContext, StepOutput
 from bot.store import IngestItem, Store
 from bot.target_pool import TargetPool
@@ -56,7 +56,7 @@ class ResolvedTarget:
 
 def target_names(config: Config) -> list[str]:
     """Names people can type for the targets that need no alert labels to build their URL."""
-    return [t.name or default_name(t.url) for t in config.targets if not t.label_names()]
+    return [t.label for t in config.targets if not t.label_names()]
 
 
 def resolve_target(config: Config, given: str | None, pool: TargetPool | None = None) -> ResolvedTarget:
@@ -72,7 +72,7 @@ def resolve_target(config: Config, given: str | None, pool: TargetPool | None = 
             raise BotError(f"say which target: one of {names}")
         index, tcfg = plain[0]
     else:
-        match = [(i, t) for i, t in plain if given in (t.name, t.url, redact_url(t.url), default_name(t.url))]
+        match = [(i, t) for i, t in plain if given in (t.name, t.where, redact_url(t.where), t.label)]
         if not match:
             raise BotError(f"unknown target {given!r}; known targets: {names}")
         index, tcfg = match[0]
@@ -85,9 +85,7 @@ def resolve_target(config: Config, given: str | None, pool: TargetPool | None = 
 
 def is_target_name(config: Config, word: str) -> bool:
     return any(
-        word in (t.name, t.url, redact_url(t.url), default_name(t.url))
-        for t in config.targets
-        if not t.label_names()
+        word in (t.name, t.where, redact_url(t.where), t.label) for t in config.targets if not t.label_names()
     )
 
 

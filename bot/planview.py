@@ -27,6 +27,10 @@ def describe_change(change: dict[str, Any], db: object = None) -> str:
         return f"FLUSHDB ASYNC: delete every key of db {db}"
     if op == "bgsave":
         return "BGSAVE: write a fresh snapshot first"
+    if op == "client_kill":
+        return f"CLIENT KILL ID {name}: disconnect the client at {change.get('before')}"
+    if op == "memory_purge":
+        return "MEMORY PURGE: ask the allocator to return free pages to the OS"
     return f"{op} {name} {change.get('before')} -> {change.get('after')}"  # unknown: show it raw
 
 
@@ -44,6 +48,8 @@ def describe_plan(plan: dict[str, Any]) -> str:
         lines.append("  changes:")
         lines.extend(f"    - {c}" for c in changes)
     lines.append(f"  target: {plan.get('target')} db {plan.get('db')}")
+    if plan.get("node"):
+        lines.append(f"  on: {plan['node']} (the primary when planned; a failover means a new plan)")
     if plan.get("pattern"):
         lines.append(f"  pattern: {plan['pattern']}")
     if plan.get("estimated_keys") is not None:

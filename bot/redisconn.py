@@ -8,16 +8,19 @@ use :attr:`RedisTarget.name` or :func:`redact_url` for anything shown to people.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rex
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from bot.errors import CommandNotAllowed, RedisUnavailable, StepError
+from bot.topology import SentinelConfig, online_replicas, replica_in_sync
 
 
 def redact_url(url: str) -> str:
@@ -64,40 +67,145 @@ def default_name(url: str) -> str:
     return f"{host}:{port}/{url_db(url)}"
 
 
+ReplicaRule = Callable[[str, int], bool]
+"""Whether the bot may connect to a replica at (host, port) (a templated target's allowed_addresses)."""
+
+
 @dataclass
 class RedisTarget:
-    """One Redis database the bot may diagnose or act on."""
+    """One Redis database the bot may diagnose or act on: a URL, or a Sentinel-monitored master.
+
+    For a Sentinel target, :meth:`locate` asks Sentinel for the current primary (the runner calls it
+    before each step and action) and :attr:`node` is where that is; the client always connects to
+    the primary Sentinel names. ``prefer_replica`` lets :meth:`read_client` hand heavy read-only
+    scans to a healthy, in-sync replica.
+    """
 
     name: str
     url: str = field(repr=False)
     timeout: float = 5.0
+    sentinel: SentinelConfig | None = None
+    prefer_replica: bool = False
+    replica_allowed: ReplicaRule | None = field(default=None, repr=False)
     _client: aioredis.Redis | None = field(default=None, init=False, repr=False)
+    _sentinel: Sentinel | None = field(default=None, init=False, repr=False)
+    _node: str | None = field(default=None, init=False)
+    _replicas: dict[tuple[str, int], aioredis.Redis] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def db(self) -> int:
-        return url_db(self.url)
+        return self.sentinel.db if self.sentinel is not None else url_db(self.url)
 
     @property
     def display_url(self) -> str:
-        return redact_url(self.url)
+        return self.sentinel.display() if self.sentinel is not None else redact_url(self.url)
+
+    @property
+    def node(self) -> str | None:
+        """The primary Sentinel named at the last :meth:`locate` (None for a URL target)."""
+        return self._node
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": min(self.timeout, 3.0),
+            "retry": Retry(NoBackoff(), 1),
+            "decode_responses": False,
+        }
+
+    def _sentinels(self) -> Sentinel:
+        assert self.sentinel is not None
+        if self._sentinel is None:
+            s = self.sentinel
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                s.pairs(),
+                sentinel_kwargs={
+                    "username": s.sentinel_username,
+                    "password": s.sentinel_password,
+                    "socket_timeout": self.timeout,
+                    "socket_connect_timeout": min(self.timeout, 3.0),
+                },
+            )
+        return self._sentinel
 
     @property
     def client(self) -> aioredis.Redis:
         """A lazily created client (bytes replies: key names may be binary)."""
         if self._client is None:
-            self._client = aioredis.Redis.from_url(
-                self.url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=min(self.timeout, 3.0),
-                retry=Retry(NoBackoff(), 1),
-                decode_responses=False,
-            )
+            if self.sentinel is not None:
+                s = self.sentinel
+                self._client = self._sentinels().master_for(
+                    s.master, db=s.db, username=s.username, password=s.password, **self._options()
+                )
+            else:
+                self._client = aioredis.Redis.from_url(self.url, **self._options())
         return self._client
 
+    def _replica_client(self, host: str, port: int) -> aioredis.Redis:
+        if (host, port) not in self._replicas:
+            if self.sentinel is not None:
+                s = self.sentinel
+                r = aioredis.Redis(
+                    host=host, port=port, db=s.db, username=s.username, password=s.password, **self._options()
+                )
+            else:
+                r = aioredis.Redis.from_url(self.url, host=host, port=port, **self._options())
+            self._replicas[(host, port)] = r
+        return self._replicas[(host, port)]
+
+    async def locate(self) -> str | None:
+        """Ask Sentinel where the primary is now; after a failover, drop the connections to the old
+        one. Returns the primary's ``host:port`` (None for a URL target, which has one address)."""
+        if self.sentinel is None:
+            return None
+        host, port = await self._sentinels().discover_master(self.sentinel.master)
+        node = f"{text_of(host)}:{port}"
+        if self._node is not None and node != self._node:
+            await self.client.connection_pool.disconnect()
+        self._node = node
+        return node
+
+    async def read_client(self) -> tuple[aioredis.Redis, str | None]:
+        """The client heavy read-only scans should use, and the replica's address when it is one.
+
+        With ``prefer_replica``, the first replica that is healthy and in sync (see
+        :func:`bot.topology.replica_in_sync`); otherwise, or when none is, the primary.
+        """
+        if not self.prefer_replica:
+            return self.client, None
+        primary = await self.client.info("replication")
+        if self.sentinel is not None:
+            candidates = [
+                (text_of(h), int(p)) for h, p in await self._sentinels().discover_slaves(self.sentinel.master)
+            ]
+        else:
+            candidates = online_replicas(primary)
+        for host, port in candidates:
+            if self.replica_allowed is not None and not self.replica_allowed(host, port):
+                continue
+            replica = self._replica_client(host, port)
+            try:
+                if await replica_in_sync(primary, replica) is None:
+                    return replica, f"{host}:{port}"
+            except (rex.RedisError, OSError):
+                continue  # an unreachable replica is not a healthy one
+        return self.client, None
+
     async def close(self) -> None:
+        for r in self._replicas.values():
+            await r.aclose()
+        self._replicas.clear()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._sentinel is not None:
+            for s in self._sentinel.sentinels:
+                await s.aclose()
+            self._sentinel = None
+
+
+def text_of(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def describe_redis_error(exc: BaseException, target_name: str) -> StepError:

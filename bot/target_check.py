@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rex
@@ -33,7 +33,7 @@ from redis.backoff import NoBackoff
 
 from bot.config import Config, TargetConfig
 from bot.playbook import PlaybookSet
-from bot.redisconn import default_name, redact_url
+from bot.redisconn import redact_url
 
 Level = Literal["ok", "note", "warn"]
 PROBE_KEY = "remediation-bot:acl-check"
@@ -56,6 +56,8 @@ ACTION_COMMANDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "redis.set_maxmemory": (("CONFIG", "SET", "maxmemory", "0"),),
     "redis.bgsave": (("BGSAVE",),),
     "redis.flushdb": (("BGSAVE",), ("FLUSHDB", "ASYNC")),
+    "redis.client_kill": (("CLIENT", "ID"), ("CLIENT", "KILL", "ID", "0")),
+    "redis.memory_purge": (("MEMORY", "PURGE"),),
 }
 """What each action step type sends; ``{key}`` is a key its playbook's pattern matches."""
 
@@ -229,23 +231,26 @@ async def _acl(
 
 async def probe_target(t: TargetConfig, actions: Sequence[tuple[str, ...]], seconds: float) -> TargetReport:
     """Connect to one target (never to a templated one) and report what an operator must know."""
-    report = TargetReport(t.name or default_name(t.url), redact_url(t.url))
-    _tls_findings(t.url, "url", report)
+    report = TargetReport(t.label, redact_url(t.where))
+    url = t.url or await _sentinel_primary(t, seconds, report)
+    if url is None:
+        return report
+    _tls_findings(url, "url", report)
     if t.action_url:
         _tls_findings(t.action_url, "action_url", report)
-    read = _client(t.url, seconds)
-    act = _client(t.action_url, seconds) if t.action_url and t.action_url != t.url else None
+    read = _client(url, seconds)
+    act = _client(t.action_url, seconds) if t.action_url and t.action_url != url else None
     try:
-        version = await _login(read, t.url, "url", report)
+        version = await _login(read, url, "url", report)
         if version is None:
             return report
-        await _open_door(t.url, seconds, report)
+        await _open_door(url, seconds, report)
         await _config_available(read, report)
         needs: list[tuple[str, str, Sequence[tuple[str, ...]]]] = []
         if act is None:
-            needs.append((await _whoami(read, t.url), "diagnostics and actions", [*READ_COMMANDS, *actions]))
+            needs.append((await _whoami(read, url), "diagnostics and actions", [*READ_COMMANDS, *actions]))
         else:
-            needs.append((await _whoami(read, t.url), "diagnostics", READ_COMMANDS))
+            needs.append((await _whoami(read, url), "diagnostics", READ_COMMANDS))
             if t.action_url and await _login(act, t.action_url, "action_url", report) is not None:
                 needs.append((await _whoami(act, t.action_url), "actions", actions))
         await _acl(version, [c for c in (read, act) if c is not None], needs, report)
@@ -254,6 +259,24 @@ async def probe_target(t: TargetConfig, actions: Sequence[tuple[str, ...]], seco
         if act is not None:
             await act.aclose()
     return report
+
+
+async def _sentinel_primary(t: TargetConfig, seconds: float, report: TargetReport) -> str | None:
+    """The URL of the primary a Sentinel target's Sentinels name now (None, with a warning, when
+    none answers)."""
+    assert t.sentinel is not None
+    target = t.resolve({}, seconds)
+    try:
+        node = await target.locate()
+    except (rex.RedisError, OSError) as exc:
+        report.add("warn", f"Sentinel: no answer for master {t.sentinel.master} ({exc})")
+        return None
+    finally:
+        await target.close()
+    s = t.sentinel
+    auth = f"{quote(s.username or '')}:{quote(s.password)}@" if s.password else ""
+    report.add("ok", f"Sentinel: master {s.master} is at {node}")
+    return f"redis://{auth}{node}/{s.db}"
 
 
 async def check_targets(
@@ -265,8 +288,8 @@ async def check_targets(
     probes = []
     for t in config.targets:
         if t.label_names() or offline:
-            report = TargetReport(t.name or default_name(t.url), redact_url(t.url))
-            _tls_findings(t.url, "url", report)
+            report = TargetReport(t.label, redact_url(t.where))
+            _tls_findings(t.where, "url", report)
             if t.label_names():
                 allowed = ", ".join(t.allowed_addresses) or "its configured host"
                 report.add("note", f"not probed: its URL is built from alert labels (allowed: {allowed})")
@@ -285,7 +308,7 @@ async def _bounded(t: TargetConfig, actions: Sequence[tuple[str, ...]], seconds:
     try:
         return await asyncio.wait_for(probe_target(t, actions, seconds), seconds * 8)
     except TimeoutError:
-        report = TargetReport(t.name or default_name(t.url), redact_url(t.url))
+        report = TargetReport(t.label, redact_url(t.where))
         report.add("warn", f"unreachable: no complete answer within {seconds * 8:g} s")
         return report
 

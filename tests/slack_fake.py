@@ -279,8 +279,9 @@ class SlackFake:
         )
         shared = []
         for f in files:
-            content = self.uploads.get(f["id"], b"").decode()
-            info = {"id": f["id"], "title": f.get("title", ""), "content": content}
+            raw = self.uploads.get(f["id"], b"")
+            content = raw.decode("utf-8", "replace")
+            info = {"id": f["id"], "title": f.get("title", ""), "content": content, "bytes": raw}
             shared.append({"id": f["id"], "title": info["title"]})
             if args.get("channel_id"):
                 ts = self._next_ts()

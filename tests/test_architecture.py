@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "bot"
 MAX_LINES = 500
 
-WEB_OR_CHAT = ("bot.chat", "bot.app", "bot.webhook", "aiohttp")
+WEB_OR_CHAT = ("bot.chat", "bot.app", "bot.webhook", "bot.web", "aiohttp")
 """What the core (engine, runner, store, lifecycle) must never import: it is driven by them."""
 
 CORE = ("bot.engine", "bot.runner", "bot.store", "bot.lifecycle")

@@ -73,7 +73,7 @@ def test_run_dry_run_then_incidents_and_audit(
     assert {"id", "alertname", "status", "target", "steps", "pending_step"} <= set(inc)
     assert inc["alertname"] == "RedisMemoryUsageHigh" and inc["source"] == "cli"
     assert inc["pending_step"] is None
-    assert [s["step_id"] for s in inc["steps"]][:3] == ["memory", "caching", "consumers"]
+    assert [s["step_id"] for s in inc["steps"]][:4] == ["estimate", "memory", "clients", "doctor"]
 
     one = cli("incidents", str(inc["id"]), "--config", str(cfg))
     assert f"Incident #{inc['id']}" in one.stdout and "[planned] evict-agent-cache" in one.stdout

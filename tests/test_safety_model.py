@@ -600,7 +600,7 @@ async def test_a_redis_the_bot_cannot_use_ends_the_incident_as_a_failed_diagnosi
         if fault == "wrong password":
             locked.stop()
     assert inc.status == IncidentState.FAILED, (inc.status, inc.note)
-    assert inc.note.startswith("diagnosis failed: every step errored (memory: "), inc.note
+    assert inc.note.startswith("diagnosis failed: every step errored (estimate: "), inc.note
     assert why in inc.note and "not-the-password" not in inc.note, inc.note
     assert not any(s.status == StepStatus.OK for s in inc.steps)
 

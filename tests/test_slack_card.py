@@ -1,6 +1,6 @@
 """The incident card and its thread, end to end: the real service, a real redis-server, the Slack fake.
 
-What an on-call engineer sees for the bundled memory-high playbook (eleven steps): one card in the
+What an on-call engineer sees for the bundled memory-high playbook (twelve steps): one card in the
 channel edited through every state, and at most five messages in its thread (digest, details file,
 approval request, action result). Skipped steps are digest lines, mentions reach the approvers once
 per request, reminder and escalation, and a burst of incidents stays under Slack's rate limit.
@@ -38,7 +38,7 @@ from tests.test_slack import fake as fake  # the Slack fake fixture, shared
 MENTION_GROUP, MENTION_ALICE = "<!subteam^S0ONCALL>", f"<@{ALICE}>"
 MEMORY_HIGH_STEPS = (
     "memory", "caching", "consumers", "trend", "chart", "evict-agent-cache", "check-after-evict",
-    "raise-maxmemory", "check-after-raise", "flush-db", "check-after-flush",
+    "raise-maxmemory", "check-after-raise", "flush-db", "check-after-flush", "chart-after",
 )  # fmt: skip
 
 
@@ -172,7 +172,15 @@ async def test_memory_high_is_one_card_and_a_short_thread(
     assert all("used_memory_human" not in m.all_text and "```" not in m.all_text for m in thread)
     assert request is approval and not request.buttons
     assert "deleted 300 keys" in outcome.all_text and "*check-after-evict* helped" in outcome.all_text
-    skipped = ("trend", "chart", "raise-maxmemory", "check-after-raise", "flush-db", "check-after-flush")
+    skipped = (
+        "trend",
+        "chart",
+        "raise-maxmemory",
+        "check-after-raise",
+        "flush-db",
+        "check-after-flush",
+        "chart-after",
+    )
     for step in skipped:
         assert [m for m in thread if f"*{step}*" in m.all_text] == [digest], (
             f"{step} has no message of its own"

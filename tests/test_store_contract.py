@@ -10,6 +10,7 @@ compare-and-sets are checked across connections, not inside one. PostgreSQL-only
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import sqlite3
 import subprocess
@@ -425,6 +426,18 @@ async def test_one_scheduler_leader_at_a_time(store: Store, other: Store) -> Non
 
 
 # -- records without state -------------------------------------------------------------------------
+
+
+async def test_a_setting_default_is_kept_by_the_first_writer_and_never_audited(store: Store) -> None:
+    """The incident page's link key: generated once, the same for every process, never in the audit."""
+    first, second = await asyncio.gather(
+        store.setting_default("ui.link_key", "secret-one"), store.setting_default("ui.link_key", "secret-two")
+    )
+    assert first == second and first in ("secret-one", "secret-two")
+    assert await store.setting_default("ui.link_key", "secret-three") == first
+    created = [e for e in await store.list_audit() if e.kind == "setting.created"]
+    assert [e.detail for e in created] == [{"key": "ui.link_key"}]
+    assert "secret-" not in json.dumps([e.model_dump(mode="json") for e in await store.list_audit()])
 
 
 async def test_settings_chat_refs_and_firing_look_up(store: Store) -> None:

@@ -14,12 +14,15 @@ import sys
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bot.chat import incident_view as view
 from bot.incidents import Approval, ApprovalState, Incident, StepRun, StepStatus
 from bot.notifier import NoticeLevel
 from bot.planview import describe_plan
+
+if TYPE_CHECKING:
+    from bot.web.links import PageLinks
 
 ICONS = {
     StepStatus.OK: "ok  ",
@@ -52,6 +55,8 @@ class ConsoleNotifier:
         self.details = details
         self._shown: dict[int, set[int]] = {}
         """Step runs already printed, per incident (in a digest or a line of their own)."""
+        self.page_links: PageLinks | None = None
+        """Signed links to the incident page, printed with the incident (set by the service)."""
 
     def _say(self, text: str) -> None:
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
@@ -91,14 +96,26 @@ class ConsoleNotifier:
                 if run.status in view.PROBLEMS and run.details.strip():
                     lines.append(f"  {run.step_id}:")
                     lines.append(textwrap.indent(run.details.rstrip(), "    "))
+        for run in fresh:
+            if path := view.chart_path(run):
+                lines.append(f"  chart ({run.step_id}): {path}")
         if first:
             lines.append(f"  full output: {self._cmd('incidents', inc.id)}")
         self._say("\n".join(lines))
 
+    async def _page(self, incident_id: int) -> str:
+        """``\n  page: LINK`` when the service gave links (the incident page, signed), else ''."""
+        if self.page_links is None:
+            return ""
+        try:
+            return f"\n  page: {await self.page_links.incident(incident_id)}"
+        except Exception:  # a link is a nicety: the block is printed without it
+            return ""
+
     async def incident_opened(self, incident: Incident) -> None:
         self._say(
             f"INCIDENT #{incident.id} {incident.alertname} ({incident.alert_status}) on {incident.target}"
-            f" -> playbook {incident.playbook}\n{incident.summary}"
+            f" -> playbook {incident.playbook}\n{incident.summary}" + await self._page(incident.id)
         )
 
     async def incident_updated(self, incident: Incident) -> None:
@@ -109,7 +126,8 @@ class ConsoleNotifier:
         took = view.time_to_resolution(incident)
         outcome = "; ".join(view.figures(incident)) if incident.status in view.FINAL else ""
         tail = "".join(f"\n  {x}" for x in (outcome, took) if x)
-        self._say(f"#{incident.id} is now {incident.status}{count}{note}{tail}")
+        page = await self._page(incident.id) if incident.status in view.FINAL else ""
+        self._say(f"#{incident.id} is now {incident.status}{count}{note}{tail}{page}")
 
     async def step_progress(self, incident: Incident, step_id: str, message: str) -> None:
         self._say(f"#{incident.id} {step_id}: {message}")

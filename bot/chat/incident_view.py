@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from bot.formatting import format_duration, human_bytes
-from bot.incidents import Incident, IncidentState, StepRun, StepStatus
+from bot.incidents import AuditEntry, Incident, IncidentState, StepRun, StepStatus, epoch
 
 PROBLEMS = frozenset(
     {
@@ -71,9 +71,20 @@ def part_of(inc: Incident, run: StepRun) -> Part:
         if run.status in RAN or run.status == StepStatus.PLANNED:
             return Part.ACTION
         return Part.DIGEST
-    if run.status != StepStatus.SKIPPED and action_before(inc, run) is not None:
+    if run.status != StepStatus.SKIPPED and not is_chart(run) and action_before(inc, run) is not None:
         return Part.CHECK
     return Part.DIGEST
+
+
+def is_chart(run: StepRun) -> bool:
+    """A chart is a picture of the incident, never a verification, even when it follows an action."""
+    return run.step_type == "prometheus.chart"
+
+
+def chart_path(run: StepRun) -> str | None:
+    """The PNG a chart step drew, or None (no data, skipped, or not a chart)."""
+    path = run.data.get("chart_path") if is_chart(run) else None
+    return path if isinstance(path, str) and path else None
 
 
 def action_before(inc: Incident, run: StepRun) -> StepRun | None:
@@ -93,7 +104,10 @@ def checks_after(inc: Incident, action: StepRun) -> list[StepRun]:
     return [
         s
         for s in inc.steps
-        if not s.mutating and s.status != StepStatus.SKIPPED and action.step_index < s.step_index < stop
+        if not s.mutating
+        and s.status != StepStatus.SKIPPED
+        and not is_chart(s)
+        and action.step_index < s.step_index < stop
     ]
 
 
@@ -323,4 +337,33 @@ def links(inc: Incident, *, runbook: str = "", incident_url: str | None = None) 
         flt = quote("{" + matchers + "}", safe="")
         out.append(Link("Alertmanager", f"{am.rstrip('/')}/#/alerts?filter={flt}"))
         out.append(Link("Silence", f"{am.rstrip('/')}/#/silences/new?filter={flt}"))
+    return out
+
+
+# -- acknowledgements and silences (from the audit trail, the source of truth) -------------------------
+
+
+def acknowledged_by(audit: list[AuditEntry]) -> list[str]:
+    """Who acknowledged the incident ("I am on it"), first first, each once."""
+    return list(dict.fromkeys(e.actor or "?" for e in audit if e.kind == "incident.acknowledged"))
+
+
+@dataclass(frozen=True)
+class SilenceMark:
+    """A silence the bot created for the incident's alert, and not expired through the bot."""
+
+    id: str
+    by: str
+    ends_at: str
+
+
+def active_silences(audit: list[AuditEntry], now: float) -> list[SilenceMark]:
+    expired = {str(e.detail.get("silence_id")) for e in audit if e.kind == "silence.expired"}
+    out = []
+    for e in audit:
+        if e.kind != "silence.created" or str(e.detail.get("silence_id")) in expired:
+            continue
+        ends = str(e.detail.get("ends_at") or "")
+        if (epoch(ends) or 0.0) > now:
+            out.append(SilenceMark(str(e.detail["silence_id"]), e.actor or "?", ends))
     return out

@@ -25,16 +25,13 @@ process sets none.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.chat import incident_view as view
@@ -48,44 +45,24 @@ from bot.chat.slack_card import (
     outcome_message,
     reminder_message,
 )
-from bot.chat.slack_outbox import Outbox
+from bot.chat.slack_files import FileUploads
+from bot.chat.slack_outbox import Outbox, content_digest, keep
+from bot.chat.slack_reminders import Reminders
 from bot.config import SlackConfig
 from bot.engine import Engine
-from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepRun, StepStatus
+from bot.incidents import OPEN_STATES, Approval, ApprovalState, Incident, IncidentState, StepRun, StepStatus
 from bot.notifier import NoticeLevel
 from bot.store import Store
+from bot.web.links import PageLinks
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 3.0
 """Seconds between two progress renders of one step (each is an edit; the outbox coalesces more)."""
+SILENCE_BUTTONS = ("1h", "4h")
+"""The card's Silence buttons (``/redis silence`` takes any duration)."""
 CLOSE_TIMEOUT = 8.0
 """Seconds :meth:`SlackNotifier.close` waits for queued messages (the CLI exits after it)."""
-FILE_ERRORS = frozenset({"missing_scope", "not_allowed_token_type", "no_permission", "unknown_method"})
-"""Upload errors that will not go away by retrying: uploads stop for this process."""
-
-
-def _digest(text: str, blocks: list[Block]) -> str:
-    return hashlib.sha1(
-        json.dumps([text, blocks], sort_keys=True).encode(), usedforsecurity=False
-    ).hexdigest()
-
-
-def _keep(cache: dict[Any, Any], key: Any, value: Any, limit: int = 4096) -> None:
-    """Set ``cache[key]``, forgetting the oldest quarter past ``limit`` entries (a long-running
-    service sees many incidents; what is forgotten is read again from the store)."""
-    cache.pop(key, None)
-    cache[key] = value
-    if len(cache) > limit:
-        for old in list(cache)[: limit // 4]:
-            del cache[old]
-
-
-def _epoch(iso: str | None) -> float | None:
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() if iso else None
-    except ValueError:
-        return None
 
 
 class SlackNotifier:
@@ -109,14 +86,16 @@ class SlackNotifier:
         self.progress_interval = progress_interval
         self.mentions = mentions or Mentions(config, client)
         self.outbox = Outbox(config.min_interval, on_error=self._failed)
-        self.reminders: dict[int, asyncio.Task[None]] = {}
-        """Reminder timers still waiting, by approval id (close cancels them)."""
+        self._reminders = Reminders(self)
         self._refs: dict[int, dict[str, Any]] = {}
         self._progress: dict[int, dict[str, str]] = {}
         self._progress_at: dict[tuple[int, str], float] = {}
         self._shown: dict[tuple[str, str], str] = {}
         self._replaced: set[int] = set()
         self._files = config.details == "file"
+        self.files = FileUploads(client, self.outbox)
+        self.page_links: PageLinks | None = PageLinks(engine.config, lambda: engine.store)
+        """Signed links to the incident page on the card (the service hands in its own)."""
         self._notices = itertools.count()
 
     @property
@@ -142,29 +121,29 @@ class SlackNotifier:
             ),
         )
         ref = {"channel": str(resp["channel"]), "ts": str(resp["ts"])}
-        _keep(self._shown, (ref["channel"], ref["ts"]), _digest(text, blocks))
+        keep(self._shown, (ref["channel"], ref["ts"]), content_digest(text, blocks))
         return ref
 
     async def _update(self, ref: dict[str, Any], text: str, blocks: list[Block]) -> None:
         """Edit a message, unless it already shows exactly this (a coalesced job often does)."""
-        key, digest = (str(ref["channel"]), str(ref["ts"])), _digest(text, blocks)
+        key, digest = (str(ref["channel"]), str(ref["ts"])), content_digest(text, blocks)
         if self._shown.get(key) == digest:
             return
         await self.outbox.call(
             key[0], lambda: self.client.chat_update(channel=key[0], ts=key[1], text=text, blocks=blocks)
         )
-        _keep(self._shown, key, digest)
+        keep(self._shown, key, digest)
 
     async def _fresh(self, incident_id: int) -> tuple[Incident, dict[str, Any]]:
         """The incident as stored now, and where its messages are (the store's record merged with
         what this process posted and may not have saved yet)."""
         inc = await self.store.get_incident(incident_id)
         ref = {**self._refs.get(incident_id, {}), **inc.chat_ref}
-        _keep(self._refs, incident_id, ref)
+        keep(self._refs, incident_id, ref)
         return inc, ref
 
     async def _save(self, incident_id: int, ref: dict[str, Any]) -> None:
-        _keep(self._refs, incident_id, ref)
+        keep(self._refs, incident_id, ref)
         await self.store.set_incident_chat_ref(incident_id, ref)
 
     async def _card_context(self, inc: Incident, *, first: bool) -> CardContext:
@@ -174,12 +153,31 @@ class SlackNotifier:
             latest = await self.store.latest_approval(inc.id)
             decision = latest if latest is not None and latest.state != ApprovalState.PENDING else None
         pb = self.engine.playbooks.get(inc.playbook or "", inc.params) if inc.playbook else None
+        acked, silences = await self.marks(inc.id)
+        live = inc.status in OPEN_STATES or inc.alert_status == "firing"
+        silencing = self.engine.config.alertmanager is not None and inc.source == "alertmanager"
         return CardContext(
             waiting_for=called.quiet if first else called.rich,
             decision=decision,
             runbook=pb.runbook if pb is not None else "",
-            incident_url=self.config.incident_url,
+            incident_url=self.config.incident_url or await self.page_link(inc.id),
+            acknowledged=tuple(acked),
+            silences=tuple(silences),
+            ack_button=live and not acked,
+            silence_buttons=SILENCE_BUTTONS
+            if silencing and inc.alert_status == "firing" and not silences
+            else (),
         )
+
+    async def page_link(self, incident_id: int) -> str | None:
+        """The incident page's signed link; None (no link on the card) if the key cannot be read."""
+        if self.page_links is None:
+            return None
+        try:
+            return await self.page_links.incident(incident_id)
+        except Exception as exc:  # a link is a nicety: the card goes out without it
+            log.warning("slack: no incident page link for #%s: %s", incident_id, exc)
+            return None
 
     async def _card(self, inc: Incident, ref: dict[str, Any]) -> dict[str, Any]:
         """Post the card if it is missing (never with a mention), else edit it to the latest state."""
@@ -263,37 +261,52 @@ class SlackNotifier:
             if ref.get("details") or not view.has_details(inc):
                 return
             ref = await self._card(inc, ref) if not ref.get("ts") else ref
-            channel = str(ref["channel"])
-            try:
-                resp = await self.outbox.call(
-                    channel,
-                    lambda: self.client.files_upload_v2(
-                        channel=channel,
-                        thread_ts=str(ref["ts"]),
-                        filename=f"incident-{inc.id}-details.txt",
-                        title=f"Incident #{inc.id}: full output of every step",
-                        content=view.details_text(inc),
-                        snippet_type="text",
-                        initial_comment=f"Full output of every step of incident #{inc.id} so far.",
-                    ),
-                )
-            except SlackApiError as exc:
-                error = str(exc.response.get("error", "")) if exc.response is not None else ""
-                if error in FILE_ERRORS:
-                    self._files = False
-                    log.warning(
-                        "slack: cannot upload files (%s): add the files:write scope to the app, or set"
-                        " slack.details: command; full output stays in `remediation-bot incidents ID`",
-                        error,
-                    )
-                    return
-                raise
-            file = resp.get("file") or {}
-            ref["details"] = str(file.get("id") or "uploaded")
+            file_id = await self.files.upload(
+                str(ref["channel"]),
+                str(ref["ts"]),
+                filename=f"incident-{inc.id}-details.txt",
+                title=f"Incident #{inc.id}: full output of every step",
+                content=view.details_text(inc),
+                snippet_type="text",
+                initial_comment=f"Full output of every step of incident #{inc.id} so far.",
+            )
+            if file_id is None:
+                return
+            ref["details"] = file_id
             await self._save(inc.id, ref)
             self._digest_job(incident_id)  # the digest now points at the file
 
         self._queue(("details", incident_id), job)
+
+    def _chart_job(self, incident_id: int, run: StepRun, path: str) -> None:
+        """A chart step's PNG as an image in the thread (once per step run)."""
+
+        async def job() -> None:
+            inc, ref = await self._fresh(incident_id)
+            key = f"chart_{run.id}"
+            if ref.get(key) or not self.files.enabled:
+                return
+            try:
+                data = await asyncio.to_thread(Path(path).read_bytes)
+            except OSError as exc:
+                log.warning("slack: chart of incident %s is gone: %s", incident_id, exc)
+                return
+            ref = await self._card(inc, ref) if not ref.get("ts") else ref
+            title = str(run.data.get("title") or run.step_id)
+            file_id = await self.files.upload(
+                str(ref["channel"]),
+                str(ref["ts"]),
+                file=data,
+                filename=Path(path).name,
+                title=f"Incident #{inc.id}: {title}",
+                alt_txt=view.one_line(f"Chart: {run.summary}", 1000),
+                initial_comment=f"📈 {view.one_line(run.summary)}",
+            )
+            if file_id is not None:
+                ref[key] = file_id
+                await self._save(inc.id, ref)
+
+        self._queue(("chart", incident_id, run.id), job)
 
     def _escalation_job(self, incident_id: int) -> None:
         async def job() -> None:
@@ -352,49 +365,39 @@ class SlackNotifier:
             if old.state != ApprovalState.PENDING:
                 self._replaced.add(old_id)
 
-    # -- reminders ------------------------------------------------------------------------------
+    # -- reminders, acknowledgements, silences ----------------------------------------------------
 
-    def _arm(self, ap: Approval) -> None:
-        """Remind at half the approval's lifetime, unless someone decided by then."""
-        if not self.config.remind or ap.id in self.reminders or ap.chat_ref.get("reminded"):
-            return
-        # requested_at is kept to the second; the configured lifetime gives the half exactly.
-        requested = _epoch(ap.requested_at) or ap.expires_ts - self.engine.config.approvals.ttl
-        lifetime = min(self.engine.config.approvals.ttl, ap.expires_ts - requested + 1.0)
-        if lifetime <= 0:
-            return
-        at = ap.expires_ts - lifetime / 2
-
-        async def later() -> None:
-            await asyncio.sleep(max(0.0, at - time.time()))
-            fresh = await self.store.get_approval(ap.id)
-            if fresh.state == ApprovalState.PENDING and not fresh.chat_ref.get("reminded"):
-                self._reminder_job(ap.id)
-
-        task = asyncio.create_task(later(), name=f"slack-reminder-{ap.id}")
-        self.reminders[ap.id] = task
-
-        def done(t: asyncio.Task[None]) -> None:
-            if self.reminders.get(ap.id) is t:
-                del self.reminders[ap.id]
-            if not t.cancelled() and t.exception() is not None:
-                log.warning("slack: reminder for approval %s failed: %s", ap.id, t.exception())
-
-        task.add_done_callback(done)
-
-    def _disarm(self, approval_id: int) -> None:
-        task = self.reminders.get(approval_id)
-        if task is not None and not task.done():
-            task.cancel()
+    @property
+    def reminders(self) -> dict[int, asyncio.Task[None]]:
+        """Reminder timers still waiting, by approval id."""
+        return self._reminders.tasks
 
     async def rearm_reminders(self) -> int:
-        """After a restart: arm the reminders of requests still pending and not reminded yet."""
-        n = 0
-        for ap in await self.store.open_approvals():
-            if ap.state == ApprovalState.PENDING and ap.id not in self.reminders:
-                self._arm(ap)
-                n += ap.id in self.reminders
-        return n
+        return await self._reminders.rearm()
+
+    def remind(self, approval_id: int) -> None:
+        self._reminder_job(approval_id)
+
+    async def marks(self, incident_id: int) -> tuple[list[str], list[view.SilenceMark]]:
+        """Who acknowledged the incident, and its active silences (from the audit)."""
+        audit = await self.store.list_audit(incident_id=incident_id, limit=1000)
+        return view.acknowledged_by(audit), view.active_silences(audit, time.time())
+
+    async def acknowledged(self, incident_id: int) -> None:
+        """Someone is on it: the reminders stop and the card says who."""
+        await self._reminders.stop_for(incident_id)
+        self._card_job(incident_id)
+
+    def thread_note(self, incident_id: int, key: str, text: str, blocks: list[Block]) -> None:
+        """A message of its own in the incident's thread (a silence, an acknowledgement)."""
+
+        async def job() -> None:
+            inc, ref = await self._fresh(incident_id)
+            ref = await self._card(inc, ref) if not ref.get("ts") else ref
+            await self._post(ref["channel"], text, blocks, thread_ts=ref["ts"])
+
+        self._queue(("note", incident_id, key), job)
+        self._card_job(incident_id)
 
     # -- the Notifier protocol ------------------------------------------------------------------
 
@@ -430,6 +433,8 @@ class SlackNotifier:
             self._progress.pop(incident.id, None)
         self._progress_at.pop((incident.id, run.step_id), None)
         part = view.part_of(incident, run)
+        if path := view.chart_path(run):
+            self._chart_job(incident.id, run, path)
         if part == view.Part.ACTION:
             self._action_job(incident.id, run.step_id)
         elif part == view.Part.CHECK:
@@ -449,11 +454,11 @@ class SlackNotifier:
         self._approval_job(approval.id)
         self._card_job(incident.id)
         if approval.state == ApprovalState.PENDING:
-            self._arm(approval)
+            self._reminders.arm(approval)
 
     async def approval_closed(self, incident: Incident, approval: Approval) -> None:
         """Replace the buttons with who decided what and when (or why it closed)."""
-        self._disarm(approval.id)
+        self._reminders.disarm(approval.id)
         self._approval_job(approval.id)
         self._card_job(incident.id)
 
@@ -471,7 +476,5 @@ class SlackNotifier:
         return await self.outbox.drain(within)
 
     async def close(self) -> None:
-        for task in self.reminders.values():
-            task.cancel()
-        await asyncio.gather(*self.reminders.values(), return_exceptions=True)
+        await self._reminders.close()
         await self.outbox.close(CLOSE_TIMEOUT)

@@ -29,8 +29,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.chat.slack import SlackNotifier
 from bot.chat.slack_approvals import Approvers, Click, Decisions
 from bot.chat.slack_blocks import APPROVE_ACTION, DENY_ACTION, mrkdwn
+from bot.chat.slack_card import ACK_ACTION, SILENCE_ACTION
 from bot.chat.slack_commands import COMMAND, Commands, parse
 from bot.chat.slack_settings import SlackSettings
+from bot.chat.slack_silences import IncidentActions
 from bot.config import Config
 from bot.engine import Engine
 from bot.errors import ConfigError, Problem
@@ -90,6 +92,8 @@ class SlackWiring:
         self.approvers = Approvers(config.slack, self.client)
         self.decisions = Decisions(self.approvers, engine)
         self.commands = Commands(config, engine)
+        self.incident_actions = IncidentActions(config, engine, self.client, self.notifier)
+        self.commands.incident_actions = self.incident_actions
         self.bolt: AsyncApp | None = None
         self.socket: AsyncSocketModeHandler | None = None
 
@@ -106,6 +110,8 @@ class SlackWiring:
         )
         app.action(APPROVE_ACTION)(self.on_approve)
         app.action(DENY_ACTION)(self.on_deny)
+        app.action(ACK_ACTION)(self.on_incident_button)
+        app.action(re.compile(f"^{SILENCE_ACTION}_"))(self.on_incident_button)
         app.command(COMMAND)(self.on_command)
         return app
 
@@ -119,6 +125,18 @@ class SlackWiring:
     async def on_deny(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
         await ack()
         self._background(self._click(body, False, client))
+
+    async def on_incident_button(self, ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient) -> None:
+        """Acknowledge / Silence on the card: answered at once, done in the background."""
+        await ack()
+
+        async def work() -> None:
+            try:
+                await self.incident_actions.on_click(body, client)
+            except Exception:
+                log.exception("slack: incident button failed")
+
+        self._background(work())
 
     async def _click(self, body: dict[str, Any], approve: bool, client: AsyncWebClient) -> None:
         click = Click.from_body(body)

@@ -123,9 +123,23 @@ class Approvers:
     incident does not hit Slack's rate limits and a removed member loses the right within a minute.
     """
 
-    def __init__(self, config: SlackConfig, client: AsyncWebClient, ttl: float = GROUP_TTL) -> None:
-        self.users = frozenset(config.approvers)
-        self.group = (config.approver_group or "").strip().lstrip("@") or None
+    def __init__(
+        self,
+        config: SlackConfig,
+        client: AsyncWebClient,
+        ttl: float = GROUP_TTL,
+        *,
+        role: str = "approver",
+        verb: str = "decide",
+    ) -> None:
+        users, group = config.approvers, config.approver_group
+        if role == "silencer" and (config.silencers is not None or config.silencer_group):
+            users, group = config.silencers or [], config.silencer_group
+        else:
+            role = "approver"  # silencers unset: the approvers may silence, and are named so
+        self.users = frozenset(users)
+        self.group = (group or "").strip().lstrip("@") or None
+        self.role, self.verb = role, verb
         self.client = client
         self.ttl = ttl
         self._group_id: str | None = self.group if self.group and _GROUP_ID.match(self.group) else None
@@ -157,6 +171,8 @@ class Approvers:
         if user_id in self.users:
             return None
         if not self.configured:
+            if self.role != "approver":
+                return f"nobody may {self.verb} from Slack: no approvers or {self.role}s are configured."
             return (
                 "no approvers are configured (`slack.approvers` or `slack.approver_group` in the bot's"
                 " config), so nobody can approve from Slack. Use `remediation-bot approve` instead."
@@ -166,18 +182,20 @@ class Approvers:
                 if user_id in await self.members():
                     return None
             except (SlackApiError, BotError) as exc:
-                log.warning("cannot read approver group %s: %s", self.group, exc)
-                return f"the bot could not check the approver group right now ({exc}); try again in a minute."
-        group = f" or a member of the approver group `{self.group}`" if self.group else ""
-        ask = "an approver"
+                log.warning("cannot read %s group %s: %s", self.role, self.group, exc)
+                return (
+                    f"the bot could not check the {self.role} group right now ({exc}); try again in a minute."
+                )
+        group = f" or a member of the {self.role} group `{self.group}`" if self.group else ""
+        ask = f"an {self.role}" if self.role[0] in "aeiou" else f"a {self.role}"
         if self.users:
             shown = sorted(self.users)[:5]
             ask = ", ".join(f"<@{u}>" for u in shown) + (
-                " or another approver" if len(self.users) > 5 else ""
+                f" or another {self.role}" if len(self.users) > 5 else ""
             )
             if self.group:
                 ask += f" or someone in `{self.group}`"
-        return f"you are not on the bot's approver list{group}. Ask {ask} to decide."
+        return f"you are not on the bot's {self.role} list{group}. Ask {ask} to {self.verb}."
 
 
 @dataclass

@@ -10,6 +10,7 @@ human (reminder, escalation). Pure functions over :mod:`bot.chat.incident_view`;
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from bot.chat import incident_view as view
@@ -44,6 +45,35 @@ class CardContext:
     """The incident's latest approval once it closed: the decision and who took it."""
     runbook: str = ""
     incident_url: str | None = None
+    acknowledged: tuple[str, ...] = ()
+    """Who said they are on it (the Acknowledge button), as audited identities."""
+    silences: tuple[view.SilenceMark, ...] = ()
+    """Active silences the bot created for the incident's alert."""
+    ack_button: bool = False
+    silence_buttons: tuple[str, ...] = ()
+    """Durations offered as Silence buttons (``1h``, ``4h``); empty: none (no Alertmanager, not firing)."""
+
+
+ACK_ACTION = "acknowledge"
+SILENCE_ACTION = "silence"
+"""Action ids of the card's buttons; a silence button's value is ``{"incident": id, "for": "1h"}``."""
+
+
+def card_buttons(inc: Incident, ctx: CardContext) -> Block | None:
+    """Acknowledge and Silence buttons under the card, while they mean something."""
+    elements: list[Block] = []
+    if ctx.ack_button:
+        elements.append(
+            {"type": "button", "action_id": ACK_ACTION, "text": {"type": "plain_text", "text": "Acknowledge"},
+             "value": json.dumps({"incident": inc.id})}
+        )  # fmt: skip
+    for duration in ctx.silence_buttons:
+        elements.append(
+            {"type": "button", "action_id": f"{SILENCE_ACTION}_{duration}",
+             "text": {"type": "plain_text", "text": f"Silence {duration}"},
+             "value": json.dumps({"incident": inc.id, "for": duration})}
+        )  # fmt: skip
+    return {"type": "actions", "block_id": f"incident-{inc.id}", "elements": elements} if elements else None
 
 
 # -- the card -------------------------------------------------------------------------------------
@@ -126,6 +156,14 @@ def incident_message(inc: Incident, ctx: CardContext | None = None) -> tuple[str
         blocks.append(mrkdwn(outcome))
     if inc.note and not (outcome and inc.status in (IncidentState.VERIFIED, IncidentState.RESOLVED)):
         blocks.append(context(f"_{esc(view.one_line(inc.note, 600))}_"))
+    if ctx.acknowledged:
+        blocks.append(mrkdwn(f":eyes: *Acknowledged* by {', '.join(who(a) for a in ctx.acknowledged)}"))
+    for sil in ctx.silences:
+        blocks.append(
+            mrkdwn(
+                f":no_bell: *Silenced* by {who(sil.by)} until {when(sil.ends_at)} (silence {code(sil.id)})"
+            )
+        )
     alert = "firing" if inc.alert_status == "firing" else "resolved"
     blocks.append(
         fields(
@@ -166,6 +204,9 @@ def incident_message(inc: Incident, ctx: CardContext | None = None) -> tuple[str
             ]
         )
     )
+    buttons = card_buttons(inc, ctx)
+    if buttons is not None:
+        blocks.append(buttons)
     return text, blocks
 
 

@@ -14,7 +14,7 @@ import math
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.chat.slack_blocks import (
     Block,
@@ -44,6 +44,9 @@ from bot.oneshot import (
     target_names,
 )
 
+if TYPE_CHECKING:
+    from bot.chat.slack_silences import IncidentActions
+
 log = logging.getLogger(__name__)
 
 COMMAND = "/redis"
@@ -61,6 +64,8 @@ HELP = [
     ("incidents", "open and recent incidents and what each is waiting for"),
     ("run PLAYBOOK [target]", "run a playbook by hand; its actions still wait for approval"),
     ("evict PATTERN [target]", "delete a cache namespace such as `agent:*`, after approval"),
+    ("silence ALERTNAME|INCIDENT DURATION [reason]", "silence that alert in Alertmanager (approvers)"),
+    ("unsilence ID", "expire a silence the bot created"),
     ("help", "this list"),
 ]
 
@@ -132,7 +137,11 @@ class Commands:
             "incidents": self.incidents,
             "run": self.run,
             "evict": self.evict,
+            "silence": self.silences,
+            "unsilence": self.silences,
         }
+        self.incident_actions: IncidentActions | None = None
+        """Silences and acknowledgements (set by the Slack wiring)."""
 
     def ack_text(self, req: Request) -> str | None:
         """The immediate answer; None when the subcommand is answered in full at once (help, typos)."""
@@ -169,6 +178,11 @@ class Commands:
             )
             return
         await respond(text=text, blocks=blocks, response_type="in_channel", replace_original=False)
+
+    async def silences(self, req: Request) -> tuple[str, list[Block]]:
+        if self.incident_actions is None:
+            raise Usage("silences are not available in this process")
+        return await self.incident_actions.command(req.sub, req.args, req.user)
 
     # -- arguments ------------------------------------------------------------------------------
 

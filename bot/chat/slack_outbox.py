@@ -19,11 +19,13 @@ The queue lives in the process: :meth:`Outbox.close` sends what is waiting, with
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from slack_sdk.errors import SlackApiError
 
@@ -49,6 +51,23 @@ def retry_after(exc: SlackApiError, default: float = 1.0) -> float | None:
         return max(0.0, float(value)) if value is not None else default
     except (TypeError, ValueError):
         return default
+
+
+def content_digest(text: str, blocks: list[dict[str, Any]]) -> str:
+    """A message's content in a few bytes: an edit to what a message already shows is skipped."""
+    return hashlib.sha1(
+        json.dumps([text, blocks], sort_keys=True).encode(), usedforsecurity=False
+    ).hexdigest()
+
+
+def keep(cache: dict[Any, Any], key: Any, value: Any, limit: int = 4096) -> None:
+    """Set ``cache[key]``, forgetting the oldest quarter past ``limit`` entries (a long-running
+    service sees many incidents; what is forgotten is read again from the store)."""
+    cache.pop(key, None)
+    cache[key] = value
+    if len(cache) > limit:
+        for old in list(cache)[: limit // 4]:
+            del cache[old]
 
 
 @dataclass

@@ -8,7 +8,7 @@ from bot.jobs.probe import probe_targets
 from bot.metrics import Metrics
 from bot.notifier import SafeNotifier
 from bot.redisconn import RedisTarget
-from bot.steps.redis_actions import BackupCheckParams, backup_check
+from bot.steps.redis_snapshot import BackupCheckParams, backup_check
 from bot.steps.registry import StepContext
 
 

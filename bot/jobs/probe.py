@@ -36,7 +36,7 @@ def probe_targets(config: Config, timeout: float) -> list[tuple[int, TargetConfi
     for i, t in enumerate(config.targets):
         if t.label_names():
             log.info(
-                "target %s is not probed: its URL is built from alert labels", t.name or redact_url(t.url)
+                "target %s is not probed: its URL is built from alert labels", t.name or redact_url(t.where)
             )
             continue
         found.append((i, t, t.resolve({}, timeout)))

@@ -44,6 +44,22 @@ class ClientEntry:
     omem: int
     qbuf: int
 
+    @property
+    def buffers(self) -> int:
+        """Output plus query buffer: what a client that does not read (MONITOR, a stuck subscriber)
+        or sends a huge command makes the server hold for it."""
+        return self.omem + self.qbuf
+
+    @property
+    def replication_link(self) -> bool:
+        """A replica's or the primary's connection: killing it forces a full resynchronisation."""
+        return "S" in self.flags or "M" in self.flags
+
+    def describe(self) -> str:
+        """The client as people find it: address, name, command and age."""
+        name = f" ({self.name})" if self.name else ""
+        return f"{self.addr}{name} cmd={self.cmd} id={self.id}, connected {self.age_s} s"
+
 
 @dataclass
 class ClientsReport:
@@ -65,6 +81,10 @@ class ClientsReport:
     top_memory: list[ClientEntry]
     info: dict[str, Any]
     unavailable: dict[str, str] = field(default_factory=dict)
+    top_buffers: list[ClientEntry] = field(default_factory=list)
+    """Clients holding output or query buffers, biggest first (``omem + qbuf``)."""
+    used_memory: int | None = None
+    """INFO memory's used_memory, which counts client buffers: what a buffer's share is of."""
 
 
 def parse_client_list(raw: bytes | str) -> list[dict[str, str]]:
@@ -99,6 +119,7 @@ async def clients_report(client: aioredis.Redis, *, top: int = 10) -> ClientsRep
     """
     unavailable: dict[str, str] = {}
     info = dict(await client.info("clients"))
+    used_memory = int((await client.info("memory")).get("used_memory", 0)) or None
     maxclients = int_or_none(str(info["maxclients"])) if "maxclients" in info else None
     raw = await optional(call(client, "CLIENT", "LIST"), "CLIENT LIST", unavailable)
     if raw is None:
@@ -121,23 +142,9 @@ async def clients_report(client: aioredis.Redis, *, top: int = 10) -> ClientsRep
             top_memory=[],
             info=info,
             unavailable=unavailable,
+            used_memory=used_memory,
         )
-    entries = [
-        ClientEntry(
-            id=int(c.get("id", 0)),
-            addr=c.get("addr", ""),
-            name=c.get("name", ""),
-            user=c.get("user", ""),
-            cmd=c.get("cmd", ""),
-            flags=c.get("flags", ""),
-            age_s=int(c.get("age", 0)),
-            idle_s=int(c.get("idle", 0)),
-            tot_mem=int(c.get("tot-mem", 0)),
-            omem=int(c.get("omem", 0)),
-            qbuf=int(c.get("qbuf", 0)),
-        )
-        for c in parse_client_list(raw)
-    ]
+    entries = [client_entry(c) for c in parse_client_list(raw)]
     blocked = [e for e in entries if "b" in e.flags]
     return ClientsReport(
         source="client list",
@@ -158,7 +165,33 @@ async def clients_report(client: aioredis.Redis, *, top: int = 10) -> ClientsRep
         top_memory=heapq.nlargest(top, entries, key=lambda e: (e.tot_mem, e.omem, e.qbuf)),
         info=info,
         unavailable=unavailable,
+        top_buffers=heapq.nlargest(
+            top, (e for e in entries if e.buffers), key=lambda e: (e.buffers, e.omem, e.id)
+        ),
+        used_memory=used_memory,
     )
+
+
+def client_entry(c: dict[str, str]) -> ClientEntry:
+    """One parsed CLIENT LIST line as a :class:`ClientEntry` (absent figures are 0)."""
+    return ClientEntry(
+        id=int(c.get("id", 0)),
+        addr=c.get("addr", ""),
+        name=c.get("name", ""),
+        user=c.get("user", ""),
+        cmd=c.get("cmd", ""),
+        flags=c.get("flags", ""),
+        age_s=int(c.get("age", 0)),
+        idle_s=int(c.get("idle", 0)),
+        tot_mem=int(c.get("tot-mem", 0)),
+        omem=int(c.get("omem", 0)),
+        qbuf=int(c.get("qbuf", 0)),
+    )
+
+
+async def find_clients(client: aioredis.Redis) -> list[ClientEntry]:
+    """Every connection, as CLIENT LIST gives it (raises when CLIENT LIST is refused)."""
+    return [client_entry(c) for c in parse_client_list(await call(client, "CLIENT", "LIST"))]
 
 
 async def client_names(client: aioredis.Redis, unavailable: dict[str, str]) -> dict[str, str]:

@@ -20,16 +20,16 @@ from typing import Any
 from bot.config import Config
 from bot.durations import format_duration
 from bot.errors import BotError, NotFound, StepError, StoreError, TargetError
-from bot.incidents import Incident, IncidentState, StepRun, StepStatus
+from bot.incidents import Incident, IncidentState, StepRun, StepStatus, moments
 from bot.lifecycle import AlertStatus
 from bot.metrics import Metrics
 from bot.notifier import SafeNotifier
 from bot.playbook import Playbook, PlaybookSet, Step
 from bot.prom import PromClient
-from bot.redisconn import RedisTarget
+from bot.redisconn import RedisTarget, redis_errors
 from bot.runner.guardrails import Guardrails
 from bot.runner.queue import FairQueue
-from bot.steps import StepContext, StepOutput
+from bot.steps import EarlierStep, StepContext, StepOutput
 from bot.store import Fence, StepResult, Store, process_owner
 from bot.target_pool import TargetPool
 
@@ -253,8 +253,17 @@ class RunnerCore:
         return t
 
     def context(
-        self, incident: Incident, target: RedisTarget, step_id: str, *, run_id: int | None = None
+        self,
+        incident: Incident,
+        target: RedisTarget,
+        step_id: str,
+        *,
+        run_id: int | None = None,
+        earlier: bool = True,
     ) -> StepContext:
+        """What a step of ``incident`` may use; ``earlier=False`` hides the incident's earlier results
+        (the execute-time re-plan measures afresh)."""
+
         async def progress(message: str) -> None:
             await self.notifier.step_progress(incident, step_id, message)
 
@@ -286,10 +295,16 @@ class RunnerCore:
                 "incident_id": incident.id,
                 "step_id": step_id,
                 "chart_dir": str(self.config.state_file.parent / "charts"),
+                "marks": moments(incident),
                 "checkpoint": checkpoint,
             },
             prometheus=self.prometheus,
             should_stop=lambda: self._should_stop(incident.id),
+            earlier=tuple(
+                EarlierStep(s.step_id, s.step_type, str(s.status), s.data, s.finished_at)
+                for s in incident.steps
+                if earlier and not s.mutating and s.status in (StepStatus.OK, StepStatus.WARNING)
+            ),
         )
 
     async def _should_stop(self, incident_id: int) -> str | None:
@@ -424,13 +439,23 @@ class RunnerCore:
             )
             return None, StepStatus.ERROR, f"unexpected error: {type(exc).__name__}: {exc}"
 
+    @staticmethod
+    async def located(target: RedisTarget, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """``fn()`` after asking Sentinel where the primary is now (nothing to ask for a URL target),
+        so a step or action never runs against a primary that failed over since the last one."""
+        async with redis_errors(target.name):
+            await target.locate()
+        return await fn()
+
     async def _run_readonly(self, inc: Incident, idx: int, step: Step, target: RedisTarget) -> StepRun:
         run_fn = step.type.run
         assert run_fn is not None
         ctx = self.context(inc, target, step.id)
         fence = self.fence(inc.id)
         run_id = await self.store.start_step(inc.id, idx, step.id, step.type.name, False, fence=fence)
-        out, status, error = await self.timed(step, lambda: run_fn(ctx, step.params), inc.id)
+        out, status, error = await self.timed(
+            step, lambda: self.located(target, lambda: run_fn(ctx, step.params)), inc.id
+        )
         if isinstance(out, StepOutput):
             result = StepResult(StepStatus(out.status), out.summary, out.details, out.data)
         else:

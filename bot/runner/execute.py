@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
-from bot.errors import ActionStopped
+from bot.errors import ActionStopped, StepError
 from bot.incidents import Approval, ApprovalState, Incident, IncidentState, StepStatus
 from bot.lifecycle import AlertStatus
 from bot.playbook import Playbook, Step
@@ -30,6 +30,8 @@ def plan_drift(approved: Plan, fresh: Plan, margin: float) -> str | None:
     The target and what the action does must be identical; estimated keys and bytes may grow by at
     most ``margin`` (a live cache keeps changing) plus a small absolute slack for tiny plans.
     """
+    if approved.node != fresh.node:
+        return f"the primary moved from {approved.node} to {fresh.node} (a failover) since the plan was made"
     for name in ("action", "target", "db", "pattern", "params"):
         if getattr(approved, name) != getattr(fresh, name):
             return f"the plan's {name.replace('params', 'parameters')} changed"
@@ -88,10 +90,19 @@ class ExecuteMixin(DecideMixin):
             reason = await self.guardrails.reason(target.name)
             if reason is not None:
                 return await self._refuse(inc, ap, reason, IncidentState.ESCALATED)
-            fresh, error, _, _ = await self.plan(inc, step, target)
+            fresh, error, _, _ = await self.plan(inc, step, target, reuse=False)
             if fresh is None:
                 return await self._refuse(inc, ap, f"re-check failed: {error}")
             drift = plan_drift(plan, fresh, self.config.approvals.plan_margin)
+            if drift is None and plan.node is not None:
+                # Where the action will connect, asked once more: a failover may have happened just now.
+                acting = self.target_for(inc, action=True)
+                try:
+                    node = await self.located(acting, acting.locate)
+                except StepError as exc:
+                    return await self._refuse(inc, ap, f"re-check failed: {exc}")
+                if node != plan.node:
+                    drift = f"the primary moved from {plan.node} to {node} (a failover) just before acting"
             if drift is not None:
                 return await self._ask_again(inc, ap, pb, step, drift)
             run_id = await self.store.claim(
@@ -125,8 +136,8 @@ class ExecuteMixin(DecideMixin):
             actor="bot",
             target=inc.target,
         )
-        waiting = await self.gate(
-            await self.store.get_incident(inc.id), pb, ap.step_index, step, self.target_for(inc)
+        waiting = await self.gate(  # from fresh measurements: the earlier ones just proved stale
+            await self.store.get_incident(inc.id), pb, ap.step_index, step, self.target_for(inc), reuse=False
         )
         if not waiting:
             await self.advance(await self.store.get_incident(inc.id), pb, self.target_for(inc))

@@ -20,22 +20,31 @@ class GateMixin(RunnerCore):
         return self.config.guardrails.dry_run or pb.dry_run or inc.dry_run
 
     async def plan(
-        self, inc: Incident, step: Step, target: RedisTarget
+        self, inc: Incident, step: Step, target: RedisTarget, *, reuse: bool = True
     ) -> tuple[Plan | None, str | None, StepStatus, Exception | None]:
-        """(plan, error, status, exception): a plan, or why there is none."""
+        """(plan, error, status, exception): a plan, or why there is none. ``reuse=False`` (the
+        re-check before executing) keeps the plan from reusing the incident's earlier measurements."""
         plan_fn = step.type.plan
         assert plan_fn is not None
-        ctx = self.context(inc, target, step.id)
-        out, status, error = await self.timed(step, lambda: plan_fn(ctx, step.params), inc.id)
+        ctx = self.context(inc, target, step.id, earlier=reuse)
+        out, status, error = await self.timed(
+            step, lambda: self.located(target, lambda: plan_fn(ctx, step.params)), inc.id
+        )
         if isinstance(out, Plan):
+            if target.node is not None:  # bound to the primary it was made on (see plan_drift)
+                out = out.model_copy(update={"node": target.node})
             return out, None, status, None
         return None, error, status, out if isinstance(out, Exception) else None
 
-    async def gate(self, inc: Incident, pb: Playbook, idx: int, step: Step, target: RedisTarget) -> bool:
-        """Plan a mutating step and ask for approval. True when the incident now waits (or stopped)."""
+    async def gate(
+        self, inc: Incident, pb: Playbook, idx: int, step: Step, target: RedisTarget, *, reuse: bool = True
+    ) -> bool:
+        """Plan a mutating step and ask for approval. True when the incident now waits (or stopped).
+
+        ``reuse=False`` (asking again after the plan drifted) plans from fresh measurements only."""
         fence = self.fence(inc.id)
         run_id = await self.store.start_step(inc.id, idx, step.id, step.type.name, True, fence=fence)
-        plan, error, status, exc = await self.plan(inc, step, target)
+        plan, error, status, exc = await self.plan(inc, step, target, reuse=reuse)
         if plan is None:
             if isinstance(exc, OverCap):
                 # A cap is a safety stop, not a size to trim the action to: a human decides.

@@ -7,6 +7,7 @@ the full registry.
 from bot.steps.registry import (
     REGISTRY,
     Change,
+    EarlierStep,
     Plan,
     StepContext,
     StepOutput,
@@ -18,6 +19,9 @@ from bot.steps.registry import (
 
 # Built-in step modules register themselves on import.
 from bot.steps import redis_actions as _redis_actions  # noqa: F401  isort: skip
+from bot.steps import redis_admin as _redis_admin  # noqa: F401  isort: skip
+from bot.steps import redis_snapshot as _redis_snapshot  # noqa: F401  isort: skip
+from bot.steps import redis_expert as _redis_expert  # noqa: F401  isort: skip
 from bot.steps import redis_info as _redis_info  # noqa: F401  isort: skip
 from bot.steps import redis_memory as _redis_memory  # noqa: F401  isort: skip
 from bot.steps import redis_traffic as _redis_traffic  # noqa: F401  isort: skip
@@ -29,6 +33,7 @@ from bot.steps import prometheus_chart as _prometheus_chart  # noqa: F401  isort
 __all__ = [
     "REGISTRY",
     "Change",
+    "EarlierStep",
     "Plan",
     "StepContext",
     "StepOutput",

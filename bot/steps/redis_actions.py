@@ -8,6 +8,7 @@ the safety rules that may have changed in between (protected keys appearing, a f
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -15,11 +16,18 @@ from pydantic import Field, field_validator, model_validator
 from bot.config import ByteSize
 from bot.durations import Duration
 from bot.errors import CommandNotAllowed, OverCap, PlanRefused, StepError
-from bot.eviction import bgsave_and_wait, estimate_eviction, evict, find_protected, stop_point
+from bot.eviction import (
+    EvictionEstimate,
+    bgsave_and_wait,
+    estimate_eviction,
+    evict,
+    find_protected,
+    stop_point,
+)
 from bot.formatting import format_duration, human_bytes
 from bot.keypatterns import key_matcher, refuse_reason
 from bot.redisconn import redis_errors
-from bot.steps.registry import Change, Plan, StepContext, StepOutput, StepParams, action, step
+from bot.steps.registry import Change, Plan, StepContext, StepOutput, StepParams, action
 
 HELM_HINT = (
     "CONFIG SET does not survive a restart: make it permanent in the deployment, e.g. the Helm values "
@@ -68,12 +76,57 @@ def planned(plan: Plan, ops: set[str], names: set[str] | None = None) -> list[Ch
     return list(plan.changes)
 
 
+REPORT_MAX_AGE = 900.0
+"""How old this incident's memory report may be for the eviction plan to take its counts."""
+
+
+def _leading_literal(glob: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(glob) and glob[i] not in "*?[":
+        if glob[i] == "\\" and i + 1 < len(glob):
+            i += 1
+        out.append(glob[i])
+        i += 1
+    return "".join(out)
+
+
+def reported(ctx: StepContext, pattern: str, protected: list[str]) -> tuple[EvictionEstimate, str] | None:
+    """The keys and bytes of ``pattern`` as this incident's memory report counted them, so the plan
+    does not scan the keyspace a second time; None when no recent, complete, depth-1 report has the
+    pattern's row, or when a protected pattern could match keys of that prefix (the report cannot
+    tell them apart). The execute-time re-check still scans (it gets no earlier steps)."""
+    for run in reversed(ctx.earlier):
+        d = run.data
+        if run.type != "redis.memory_report" or not d.get("complete") or d.get("depth") != 1:
+            continue
+        row = next((x for x in d.get("prefixes") or [] if x.get("pattern") == pattern), None)
+        at = datetime.fromisoformat(run.finished_at) if run.finished_at else None
+        if row is None or at is None or (datetime.now(UTC) - at).total_seconds() > REPORT_MAX_AGE:
+            continue
+        prefix = str(row["prefix"])
+        if any(prefix.startswith(lit) or lit.startswith(prefix) for lit in map(_leading_literal, protected)):
+            return None
+        samples = [str(k["key"]) for k in d.get("top_keys") or [] if k.get("prefix") == prefix]
+        if row.get("biggest_key"):
+            samples.insert(0, str(row["biggest_key"]))
+        keys = int(row["keys"])  # every key measured: the sample is all of them
+        est = EvictionEstimate(keys, 0, keys, int(row["bytes"]), list(dict.fromkeys(samples))[:5])
+        return est, f"the memory report ({run.step_id}, {run.finished_at})"
+    return None
+
+
 async def plan_evict(ctx: StepContext, p: EvictParams) -> Plan:
     protected = list(ctx.protected_patterns)
     if key_matcher(protected)(p.pattern.encode()) and not any(c in p.pattern for c in "*?["):
         raise PlanRefused(f"{p.pattern} is a protected key")
-    async with redis_errors(ctx.target.name):
-        est = await estimate_eviction(ctx.target.client, p.pattern, protected, count=p.count)
+    reuse = reported(ctx, p.pattern, protected)
+    if reuse is not None:
+        est, counted_by = reuse
+    else:
+        async with redis_errors(ctx.target.name):
+            est = await estimate_eviction(ctx.target.client, p.pattern, protected, count=p.count)
+        counted_by = "a SCAN of the pattern"
     cap, cap_name = _key_cap(ctx, p)
     if est.deletable > cap:
         raise OverCap(
@@ -92,7 +145,9 @@ async def plan_evict(ctx: StepContext, p: EvictParams) -> Plan:
         db=ctx.target.db,
         pattern=p.pattern,
         summary=f"delete {est.deletable:,} keys matching {p.pattern} (~{human_bytes(est.estimated_bytes)})"
-        " with SCAN+UNLINK" + (f"; {est.protected:,} protected keys left alone" if est.protected else ""),
+        " with SCAN+UNLINK"
+        + (f"; {est.protected:,} protected keys left alone" if est.protected else "")
+        + (f"; counted by {counted_by}, counted again before executing" if reuse else ""),
         estimated_keys=est.deletable,
         estimated_bytes=est.estimated_bytes,
         protected_excluded=est.protected,
@@ -105,6 +160,7 @@ async def plan_evict(ctx: StepContext, p: EvictParams) -> Plan:
             "count": p.count,
             "protected": protected,
         },
+        details={"counted_by": counted_by},
     )
 
 
@@ -412,65 +468,3 @@ async def run_maxmemory(ctx: StepContext, p: MaxmemoryParams, plan: Plan) -> Ste
 
 def _config_text(name: str, value: str | None) -> str:
     return human_bytes(int(value or 0)) if name == "maxmemory" else str(value)
-
-
-class BgsaveParams(StepParams):
-    timeout: Duration = 120.0
-
-
-async def plan_bgsave(ctx: StepContext, p: BgsaveParams) -> Plan:
-    async with redis_errors(ctx.target.name):
-        info = await ctx.target.client.info("persistence")
-    age = time.time() - int(info.get("rdb_last_save_time", 0))
-    return Plan(
-        action="redis.bgsave",
-        target=ctx.target.name,
-        db=ctx.target.db,
-        summary=f"BGSAVE a fresh snapshot (last one {format_duration(age)} ago) and wait up to {format_duration(p.timeout)}",
-        changes=[Change(op="bgsave")],
-    )
-
-
-@action("redis.bgsave", params=BgsaveParams, plan=plan_bgsave, timeout=900.0)
-async def run_bgsave(ctx: StepContext, p: BgsaveParams, plan: Plan) -> StepOutput:
-    """Take a fresh RDB snapshot (BGSAVE) and wait for LASTSAVE to move, before a destructive step."""
-    planned(plan, {"bgsave"})
-    await stop_point(ctx.should_stop, {})
-    async with redis_errors(ctx.target.name):
-        try:
-            ts = await bgsave_and_wait(ctx.target.client, timeout=p.timeout)
-        except (TimeoutError, RuntimeError) as exc:
-            raise StepError(str(exc)) from exc
-    return StepOutput(
-        summary=f"snapshot written at {time.strftime('%H:%M:%S', time.gmtime(ts))}Z", data={"lastsave": ts}
-    )
-
-
-class BackupCheckParams(StepParams):
-    max_age: Duration = 26 * 3600.0
-
-
-@step("redis.backup_check", params=BackupCheckParams, timeout=15.0)
-async def backup_check(ctx: StepContext, p: BackupCheckParams) -> StepOutput:
-    """Backup freshness: last RDB save age and status, AOF write status (the runbook's daily backups)."""
-    async with redis_errors(ctx.target.name):
-        info = await ctx.target.client.info("persistence")
-    age = time.time() - int(info.get("rdb_last_save_time", 0))
-    problems = []
-    if info.get("rdb_last_bgsave_status", "ok") != "ok":
-        problems.append(f"last BGSAVE {info.get('rdb_last_bgsave_status')}")
-    if int(info.get("aof_enabled", 0)) and info.get("aof_last_write_status", "ok") != "ok":
-        problems.append(f"AOF write {info.get('aof_last_write_status')}")
-    if age > p.max_age:
-        problems.append(f"last snapshot {format_duration(age)} ago (older than {format_duration(p.max_age)})")
-    data = {
-        "last_save_age_s": round(age),
-        "stale": age > p.max_age,
-        "rdb_last_bgsave_status": info.get("rdb_last_bgsave_status"),
-        "aof_enabled": int(info.get("aof_enabled", 0)),
-        "aof_last_write_status": info.get("aof_last_write_status"),
-        "changes_since_last_save": info.get("rdb_changes_since_last_save"),
-    }
-    if problems:
-        return StepOutput(summary="backup not fresh: " + "; ".join(problems), data=data, status="warning")
-    return StepOutput(summary=f"last snapshot {format_duration(age)} ago, status ok", data=data)

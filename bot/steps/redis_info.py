@@ -28,6 +28,8 @@ from bot.steps.registry import StepContext, StepOutput, StepParams, step
 MEMORY_WARN_RATIO = 0.8
 HIT_RATIO_WARN = 0.5
 CLIENTS_WARN_RATIO = 0.8
+CLIENT_BUFFERS_WARN_SHARE = 0.1
+CLIENT_BUFFERS_FLOOR = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------- ping
@@ -66,17 +68,32 @@ class InfoParams(StepParams):
 Summary = tuple[str, bool]
 
 
+def _client_buffers(info: Mapping[str, Any], used: int) -> str:
+    """A note when client buffers (INFO's mem_clients_normal) are a notable share of used memory:
+    memory no key holds, which no eviction frees."""
+    buffers = int(info.get("mem_clients_normal", 0) or 0)
+    if not used or buffers < CLIENT_BUFFERS_FLOOR or buffers / used < CLIENT_BUFFERS_WARN_SHARE:
+        return ""
+    return (
+        f"; client buffers hold {human_bytes(buffers)} ({pct(buffers / used)} of used memory):"
+        " redis.clients names the client"
+    )
+
+
 def _memory_summary(info: Mapping[str, Any]) -> Summary:
     m = memory_figures(info)
     frag = f"frag {m.fragmentation_ratio:.2f}" if m.fragmentation_ratio is not None else "frag n/a"
     policy = f"policy {m.policy}" if m.policy else "policy n/a"
+    buffers = _client_buffers(info, m.used_memory)
     if m.ratio is None:
-        return f"memory {m.used_memory_human} used, no maxmemory limit, {frag}, {policy}", False
+        return f"memory {m.used_memory_human} used, no maxmemory limit, {frag}, {policy}{buffers}", bool(
+            buffers
+        )
     maxmem = info.get("maxmemory_human") or human_bytes(m.maxmemory)
-    text = f"memory {m.used_memory_human} of {maxmem} maxmemory ({pct(m.ratio)}), {frag}, {policy}"
+    text = f"memory {m.used_memory_human} of {maxmem} maxmemory ({pct(m.ratio)}), {frag}, {policy}{buffers}"
     if m.ratio >= MEMORY_WARN_RATIO:
         return f"memory high: {text}", True
-    return text, False
+    return text, bool(buffers)
 
 
 def _stats_summary(info: Mapping[str, Any]) -> Summary:
@@ -174,6 +191,7 @@ _KEY_FIELDS: dict[str, tuple[str, ...]] = {
         "maxmemory_policy",
         "mem_fragmentation_ratio",
         "used_memory_dataset_perc",
+        "mem_clients_normal",
         "lazyfree_pending_objects",
     ),
     "stats": (

@@ -10,12 +10,12 @@ from collections.abc import Mapping
 
 from pydantic import Field
 
-from bot.formatting import ago, human_bytes, join_blocks, table, unavailable_details, unavailable_note
+from bot.formatting import ago, human_bytes, join_blocks, pct, table, unavailable_details, unavailable_note
 from bot.redisconn import redis_errors
 from bot.redisops import traffic
-from bot.redisops.clients import clients_report
+from bot.redisops.clients import ClientsReport, clients_report
 from bot.redisops.common import to_jsonable
-from bot.steps.redis_info import CLIENTS_WARN_RATIO
+from bot.steps.redis_info import CLIENT_BUFFERS_FLOOR, CLIENT_BUFFERS_WARN_SHARE, CLIENTS_WARN_RATIO
 from bot.steps.registry import StepContext, StepOutput, StepParams, step
 
 # ------------------------------------------------------------------------------------------ slowlog
@@ -71,6 +71,42 @@ async def slowlog(ctx: StepContext, p: SlowlogParams) -> StepOutput:
 class ClientsParams(StepParams):
     top: int = Field(10, ge=1, le=1000)
     buffer_warn_mb: float = Field(64.0, gt=0)
+    buffer_share_warn: float = Field(
+        CLIENT_BUFFERS_WARN_SHARE,
+        gt=0,
+        le=1,
+        description="warn when one client's buffers (at least 1 MiB) are this share of used memory",
+    )
+
+
+def buffer_hog(r: ClientsReport, p: ClientsParams) -> str | None:
+    """The sentence naming the client whose buffers hold a notable share of memory, if one does.
+
+    Output buffers grow when a client does not read its replies (a forgotten ``MONITOR``, a stuck
+    subscriber, a consumer that stopped); query buffers when it sends more than Redis can parse.
+    Both count in used_memory, so they push Redis towards maxmemory like data does.
+    """
+    if not r.top_buffers:
+        return None
+    c = r.top_buffers[0]
+    share = c.buffers / r.used_memory if r.used_memory else None
+    notable = c.buffers >= p.buffer_warn_mb * 1024 * 1024 or (
+        share is not None and share >= p.buffer_share_warn and c.buffers >= CLIENT_BUFFERS_FLOOR
+    )
+    if not notable:
+        return None
+    kind = "output buffer (omem)" if c.omem >= c.qbuf else "query buffer (qbuf)"
+    of_used = f", {pct(share)} of used memory" if share is not None else ""
+    why = (
+        "it does not read its replies (a forgotten MONITOR, a stuck subscriber)"
+        if c.omem >= c.qbuf
+        else "it sends commands faster or bigger than Redis parses them"
+    )
+    return (
+        f"client {c.describe()} holds {human_bytes(c.buffers)} of {kind}{of_used}: {why};"
+        f" disconnect it with redis.client_kill (id {c.id}), and cap such clients with"
+        " CONFIG SET client-output-buffer-limit"
+    )
 
 
 @step("redis.clients", params=ClientsParams)
@@ -78,21 +114,18 @@ async def clients(ctx: StepContext, p: ClientsParams) -> StepOutput:
     """Who is connected (CLIENT LIST): counts by name, host and command, and the biggest buffers.
 
     Queue workers blocked on BRPOPLPUSH/BZPOPMIN are counted apart (idle BullMQ workers, normal).
-    Warns near maxclients or when a client holds more than ``buffer_warn_mb`` of buffers. Falls
-    back to INFO clients where CLIENT LIST is not allowed.
+    Warns near maxclients, and names the client (address, command, age, omem/qbuf) whose buffers
+    hold more than ``buffer_warn_mb`` or ``buffer_share_warn`` of used memory. Falls back to INFO
+    clients where CLIENT LIST is not allowed.
     """
     async with redis_errors(ctx.target.name):
         r = await clients_report(ctx.target.client, top=p.top)
     issues: list[str] = []
     if r.maxclients and r.total is not None and r.total >= CLIENTS_WARN_RATIO * r.maxclients:
         issues.append(f"near maxclients {r.maxclients}")
-    limit = p.buffer_warn_mb * 1024 * 1024
-    heavy = [c for c in r.top_memory if c.omem + c.qbuf >= limit]
-    if heavy:
-        c = heavy[0]
-        issues.append(
-            f"{c.name or c.addr} holds {human_bytes(c.omem)} output, {human_bytes(c.qbuf)} query buffer"
-        )
+    hog = buffer_hog(r, p)
+    if hog:
+        issues.append(hog)
     if r.source == "info":
         summary = (
             f"{r.total} clients connected, {r.blocked} blocked "
@@ -108,6 +141,24 @@ async def clients(ctx: StepContext, p: ClientsParams) -> StepOutput:
             f"{r.total} clients, {blocked}; by name: {names}; buffers {human_bytes(r.total_mem or 0)} total"
         )
         details = join_blocks(
+            table(
+                ["biggest buffers", "addr", "id", "cmd", "age s", "idle s", "omem", "qbuf"],
+                [
+                    [
+                        c.name or "-",
+                        c.addr,
+                        c.id,
+                        c.cmd,
+                        c.age_s,
+                        c.idle_s,
+                        human_bytes(c.omem),
+                        human_bytes(c.qbuf),
+                    ]
+                    for c in r.top_buffers
+                ],
+            )
+            if r.top_buffers
+            else "",
             table(
                 ["client", "addr", "cmd", "idle s", "tot-mem", "omem", "qbuf"],
                 [
@@ -130,7 +181,7 @@ async def clients(ctx: StepContext, p: ClientsParams) -> StepOutput:
         summary = f"{'; '.join(issues)}: {summary}"
     return StepOutput(
         summary=summary,
-        data=to_jsonable(r),
+        data=to_jsonable(r) | {"buffer_hog": hog} | ({"finding": hog} if hog else {}),
         status="warning" if issues else "ok",
         details=join_blocks(details, unavailable_details(r.unavailable)),
     )

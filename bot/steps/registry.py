@@ -45,12 +45,13 @@ class StepOutput(BaseModel):
     details: str = ""
 
 
-ChangeOp = Literal["config_set", "unlink", "flushdb", "bgsave"]
+ChangeOp = Literal["config_set", "unlink", "flushdb", "bgsave", "client_kill", "memory_purge"]
 
 
 class Change(BaseModel):
     """One change an action makes on the target: ``CONFIG SET name before -> after``, ``UNLINK`` of
-    the keys matching ``name``, ``FLUSHDB``, ``BGSAVE``.
+    the keys matching ``name``, ``FLUSHDB``, ``BGSAVE``, ``CLIENT KILL ID name`` (``before``: the
+    client's address), ``MEMORY PURGE``.
 
     A plan lists every change its action will make, so the approver sees each one (a policy change
     cannot hide behind a memory limit), the plan hash covers each one, and ``execute`` performs the
@@ -87,10 +88,15 @@ class Plan(BaseModel):
     changes: list[Change] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
     details: dict[str, Any] = Field(default_factory=dict)
+    node: str | None = None
+    """The server (``host:port``) the plan was made on, for targets whose primary can move (Sentinel):
+    after a failover the plan no longer holds, and the runner plans again on the new primary."""
 
     def digest(self) -> str:
-        """SHA-256 of the canonical JSON form: the same plan always gives the same hash."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the canonical JSON form: the same plan always gives the same hash (a plan
+        without ``node`` hashes as plans did before the field existed)."""
+        data = self.model_dump(mode="json", exclude={"node"} if self.node is None else None)
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -109,13 +115,29 @@ async def _never_stop() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class EarlierStep:
+    """A read-only step this incident already ran, as later steps of the same incident see it.
+
+    The eviction plan reads the memory report made minutes earlier instead of scanning the keyspace
+    a second time (see :func:`bot.steps.redis_actions.plan_evict`).
+    """
+
+    step_id: str
+    type: str
+    status: str
+    data: dict[str, Any]
+    finished_at: str | None = None
+
+
 @dataclass
 class StepContext:
     """What a step may touch: the target's Redis client, the alert's labels, and a progress callback.
 
     Steps reach Redis and Prometheus only through the clients given here, which keeps them testable
     against real servers and lets the runner pick least-privilege credentials. ``prometheus`` is None
-    when the config has no ``prometheus`` section.
+    when the config has no ``prometheus`` section. ``earlier`` lets a step reuse what the incident
+    already measured.
     """
 
     target: RedisTarget
@@ -125,6 +147,9 @@ class StepContext:
     settings: dict[str, Any] = field(default_factory=dict)
     prometheus: PromClient | None = None
     should_stop: StopFn = _never_stop
+    earlier: tuple[EarlierStep, ...] = ()
+    """The incident's finished read-only steps, oldest first; empty for the execute-time re-check,
+    which must measure afresh."""
 
 
 P = TypeVar("P", bound=StepParams)

@@ -350,6 +350,20 @@ class SQLiteBase:
 
         await self._run(run)
 
+    async def setting_default(self, key: str, value: str, *, actor: str | None = None) -> str:
+        """The stored value of ``key``, storing ``value`` first when there is none: the first writer
+        wins, across processes. The value is never audited (a generated secret), only its key."""
+
+        def run() -> str:
+            with self._tx() as conn:
+                cur = conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, value))
+                if cur.rowcount:
+                    self._audit(conn, "setting.created", actor=actor, detail={"key": key})
+                row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            return str(row["value"])
+
+        return await self._run(run)
+
     # -- guardrail inputs -----------------------------------------------------------------------
 
     async def action_history(self, target: str, since: float) -> tuple[int, int]:

@@ -328,6 +328,23 @@ class PGBase:
 
         await self._write(run)
 
+    async def setting_default(self, key: str, value: str, *, actor: str | None = None) -> str:
+        """The stored value of ``key``, storing ``value`` first when there is none: the first writer
+        wins, across processes. The value is never audited (a generated secret), only its key."""
+
+        async def run(conn: Conn) -> str:
+            stored = await conn.fetchval(
+                "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING RETURNING value",
+                key,
+                value,
+            )
+            if stored is not None:
+                await self._audit(conn, "setting.created", actor=actor, detail={"key": key})
+                return str(stored)
+            return str(await conn.fetchval("SELECT value FROM settings WHERE key = $1", key))
+
+        return await self._write(run)
+
     # -- guardrail inputs -----------------------------------------------------------------------
 
     async def action_history(self, target: str, since: float) -> tuple[int, int]:
