@@ -70,7 +70,7 @@ class ServerConfig(StrictModel):
 
 class RunnerConfig(StrictModel):
     concurrency: int = Field(default=4, ge=1, le=64)
-    lease_ttl: Duration = Field(default=15.0, ge=3.0)
+    lease_ttl: Duration = Field(default=10.0, ge=3.0)
     """How long an incident stays with the process running it without a heartbeat: when that process
     dies, another one takes the incident over after at most this long."""
     redis_timeout: Duration = 5.0

@@ -152,7 +152,7 @@ def test_ha_manifest_runs_three_replicas_on_postgresql(tmp_path: Path) -> None:
     env = {k: v or "x" for k, v in secret.items() if k != "BOT_DATABASE_URL"}
     with pytest.raises(ConfigError, match="BOT_DATABASE_URL"):
         load_config(tmp_path / "bot.yaml", env=env)
-    assert config.runner.lease_ttl == 15.0
+    assert config.runner.lease_ttl == 10.0
     spec = docs["Deployment"]["spec"]
     assert spec["replicas"] == 3
     assert spec["strategy"]["type"] == "RollingUpdate"
