@@ -99,6 +99,37 @@ MAX_KEYS = 500
 """``guardrails.max_keys_per_run``: a reseed above it makes the eviction's plan go over the cap."""
 PEOPLE = ("alice", "bob", "carol")
 CACHE_KEYS, TMP_KEYS = 40, 20
+DECISIONS = [
+    "approve",
+    "approve",
+    "approve",
+    "deny",
+    "approve after cache +300",
+    "approve after cache +700",
+    "approve after queue appears",
+    "approve after kill switch on",
+    "approve after breaker trips",
+]
+DEATHS = [
+    "before running",
+    "in the first step",
+    "after deciding",
+    "after claiming",
+    "claiming after the alert resolved",
+]
+WORLD_CHANGES = [
+    "cache +300",
+    "cache +700",
+    "tmp +200",
+    "queue appears",
+    "queue goes",
+    "kill switch on",
+    "kill switch off",
+    "kill switch off",
+    "breaker trips",
+    "breaker reset",
+    "breaker reset",
+]
 
 OPEN_STATES = {"new", "diagnosing", "awaiting_approval", "remediating"}
 GATE_STATUS = {
@@ -182,7 +213,7 @@ def make_config(workdir: Path, port: int) -> Config:
         "playbooks: playbooks\n"
         "protected_patterns: ['sess:*']\n"
         "approvals: {ttl: 1h}\n"
-        f"guardrails: {{max_actions_per_hour: 4, pause_after_failures: 2, max_keys_per_run: {MAX_KEYS}}}\n"
+        f"guardrails: {{max_actions_per_hour: 6, pause_after_failures: 2, max_keys_per_run: {MAX_KEYS}}}\n"
         "runner: {redis_timeout: 5s}\n"
     )
     return load_config(path)
@@ -401,20 +432,34 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     # -- decisions ------------------------------------------------------------------------------
 
-    @precondition(lambda self: self.pending())
-    @rule()
-    def approve(self) -> None:
-        """The next person who has not approved it yet approves the newest pending step."""
+    def _approve_newest(self, *, all_but_last: bool = False) -> None:
+        """The next people who have not approved the newest pending step approve it, one by one:
+        only the first, or (``all_but_last``) all but the one whose approval completes it."""
         ap = self.pending()[-1]
         done = approvers(ap["decisions"])
-        who = next(p for p in PEOPLE if f"slack:{p}" not in done)
-        self.run(self._decide(ap["incident_id"], who, True))
+        people = [p for p in PEOPLE if f"slack:{p}" not in done]
+        needed = max(1, ap["required"] - len(done))
+        for who in people[: needed - 1] if all_but_last else people[:1]:
+            self.run(self._decide(ap["incident_id"], who, True, approval_id=ap["id"]))
 
     @precondition(lambda self: self.pending())
-    @rule()
-    def deny(self) -> None:
-        ap = self.pending()[-1]
-        self.run(self._decide(ap["incident_id"], "carol", False))
+    @rule(how=st.sampled_from(DECISIONS))
+    def decide(self, how: str) -> None:
+        """The newest pending step is decided: approved by the next person who has not approved it
+        yet, or denied. ``approve after X``: the world changes between the request and the deciding
+        approval (the pairs that matter most, so they are one step): the plan drifted past the
+        margin (asked again), the re-check finds it over the key cap or a protected queue (refused,
+        closed), or a guardrail is on (refused, still pending)."""
+        if how == "deny":
+            ap = self.pending()[-1]
+            self.run(self._decide(ap["incident_id"], "carol", False))
+            return
+        if how.startswith("approve after "):
+            self._approve_newest(all_but_last=True)
+            if not self.pending():
+                return
+            self.world_changes(how.removeprefix("approve after "))
+        self._approve_newest()
 
     @precondition(lambda self: self.q("SELECT id FROM approvals"))
     @rule(
@@ -448,12 +493,15 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.run(self._decide(ap["incident_id"], who, approve))
 
     @precondition(lambda self: self.pending())
-    @rule(data=st.data())
-    def time_passes(self, data: st.DataObject) -> None:
-        """An approval's TTL (``approvals.ttl`` is 1h) runs out, and the expiry job has not run yet:
-        a decision now must be refused as expired and close it (defect 1 of issue 11)."""
-        ap = data.draw(st.sampled_from(self.pending()))
+    @rule(then=st.sampled_from(["nobody looks", "approve", "deny"]))
+    def time_passes(self, then: str) -> None:
+        """The newest pending approval's TTL (``approvals.ttl`` is 1h) runs out, and the expiry job
+        has not run yet; maybe someone decides now: refused as expired, and the approval closes
+        with its step run and incident (defect 1 of issue 11)."""
+        ap = self.pending()[-1]
         self.deadline_passes([ap])
+        if then != "nobody looks":
+            self.run(self._decide(ap["incident_id"], "alice", then == "approve"))
 
     @rule(after_deadline=st.booleans())
     def expiry_job(self, after_deadline: bool) -> None:
@@ -466,50 +514,84 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     # -- guardrails and the keyspace ------------------------------------------------------------
 
-    @rule(
-        change=st.sampled_from(
-            ["kill switch on", "kill switch off", "kill switch off", "breaker trips", "breaker reset"]
-        )
-    )
-    def guardrail(self, change: str) -> None:
-        """The kill switch goes on or off; a breaker trips (two failed actions on both targets, as
-        another process's would be recorded: ``pause_after_failures: 2``; marked synthetic, no
-        approval stands behind them) or is reset. Turned off more often than on, so that most
-        steps can still act."""
+    @rule(change=st.sampled_from(WORLD_CHANGES))
+    def world_changes(self, change: str) -> None:
+        """The keyspace or a guardrail changes: the cache grows past an approved plan's margin
+        (asked again) or past the key cap (re-check fails, or escalated); tmp keys pile up; a
+        protected queue appears in db 1 or goes (FLUSHDB is refused while it exists, at planning
+        and again right before flushing); the kill switch goes on or off; a breaker trips (two
+        failed actions on both targets, as another process's would be recorded:
+        ``pause_after_failures: 2``; marked synthetic, no approval stands behind them) or is reset.
+        Guardrails are lifted more often than set, so that most steps can still act."""
         store = self.engine.store
-        if change.startswith("kill switch"):
-            value = "on by test" if change.endswith("on") else None
-            self.run(store.set_setting(KILL_SWITCH, value, actor="test"))
-            return
-        for target in TARGET.values():
-            if change == "breaker reset":
-                self.run(self.engine.runner.guardrails.reset_breaker(target, "test", "looked at it"))
-                continue
-            for _ in range(2):
-                detail = {"ok": False, "synthetic": True}
-                self.run(store.audit("action.executed", target=target, actor="test", detail=detail))
-
-    @rule(change=st.sampled_from(["cache +300", "cache +700", "tmp +200", "queue appears", "queue goes"]))
-    def keyspace_changes(self, change: str) -> None:
-        """The keyspace moves under a pending approval: the cache grows past the approved plan's
-        margin (asked again) or past the key cap (re-check fails / escalated); a protected queue
-        appears in db 1 (FLUSHDB is refused, at planning and again right before flushing)."""
         if change.startswith("cache"):
             self.r0.mset({f"agent:{i}": "z" * 64 for i in range(int(change[-3:]))})
         elif change.startswith("tmp"):
-            self.r1.mset({f"tmp:{i}": "y" for i in range(200)})
+            self.r1.mset({f"tmp:{i}": "y" for i in range(int(change[-3:]))})
         elif change == "queue appears":
             self.r1.rpush("bull:jobs:wait", "1")
-        else:
+        elif change == "queue goes":
             self.r1.delete("bull:jobs:wait")
+        elif change.startswith("kill switch"):
+            value = "on by test" if change.endswith("on") else None
+            self.run(store.set_setting(KILL_SWITCH, value, actor="test"))
+        elif change == "breaker reset":
+            for target in TARGET.values():
+                self.run(self.engine.runner.guardrails.reset_breaker(target, "test", "looked at it"))
+        else:
+            for target in TARGET.values():
+                for _ in range(2):
+                    detail = {"ok": False, "synthetic": True}
+                    self.run(store.audit("action.executed", target=target, actor="test", detail=detail))
 
     # -- processes that die, and restarts -------------------------------------------------------
 
-    @rule(kind=st.sampled_from(["evict", "flush"]), mid_step=st.booleans())
-    def crash_before_running(self, kind: str, mid_step: bool) -> None:
-        """The alert is on disk (Alertmanager got its 200), then the process dies before a worker
-        ran the incident (it stays ``new``), or (``mid_step``) while its first read-only step ran
-        (``diagnosing``, the run owned by the dead process), until a restart resumes it."""
+    @rule(how=st.sampled_from(DEATHS))
+    def a_process_dies(self, how: str) -> None:
+        """A process dies half-way, leaving its work to the next start (:meth:`restart`):
+
+        - ``before running``: an alert is on disk (Alertmanager got its 200), then the process dies
+          before a worker ran the incident: it stays ``new``;
+        - ``in the first step``: ... or while its first read-only step ran (``diagnosing``, the run
+          owned by the dead process);
+        - ``after deciding`` / ``after claiming``: another process (a CLI ``approve``) records the
+          deciding approvals of the newest pending step (and claims the action), then dies before
+          running it: its approval (and run) stay with a dead owner;
+        - ``claiming after the alert resolved``: the alert resolves between that process's decision
+          and its claim: the claim must fail (compare-and-set on the alert's state).
+
+        The last three need a pending step; without one, the process dies before running.
+        """
+        if how in ("before running", "in the first step") or not self.pending():
+            self._dies_before_running("evict" if self.serial % 2 else "flush", how == "in the first step")
+            return
+        ap = self.pending()[-1]
+        names = [p for p in PEOPLE if f"slack:{p}" not in approvers(ap["decisions"])]
+        self.run(decide_elsewhere(self.engine, ap["id"], names))
+        state = self.q("SELECT state FROM approvals WHERE id = ?", ap["id"])[0]["state"]
+        if state != "approved":
+            return
+        run_id = None
+        if how == "claiming after the alert resolved":
+            inc = self.q("SELECT fingerprint, starts_at FROM incidents WHERE id = ?", ap["incident_id"])[0]
+            alert = next(
+                a
+                for a in self.alerts
+                if (a.fingerprint, a.starts_key) == (inc["fingerprint"], inc["starts_at"])
+            )
+            self.run(self._receive(alert, "resolved"))
+        if how != "after deciding":
+            run_id = self.run(self.engine.store.claim(ap["id"], summary="approved", actor="cli", target=None))
+            if how == "claiming after the alert resolved":
+                assert run_id is None, "an approval was claimed after its alert resolved"
+        # the process that decided (and claimed) is the dead one, not this test's
+        self.write("UPDATE approvals SET owner = ? WHERE id = ?", DEAD_OWNER, ap["id"])
+        self.dead_approvals.add(ap["id"])
+        if run_id is not None:
+            self.write("UPDATE step_runs SET owner = ? WHERE id = ?", DEAD_OWNER, run_id)
+            self.dead_runs.add(run_id)
+
+    def _dies_before_running(self, kind: str, mid_step: bool) -> None:
         alert = AlertRef(kind, f"fp-{kind}-{self.serial_no()}", self.starts_at())
         self.alerts.append(alert)
         new = self.run(self._receive(alert, "firing", run=False))
@@ -522,38 +604,6 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert self.run(self.engine.store.begin(inc_id))
             run_id = self.run(self.engine.store.start_step(inc_id, 0, step.id, step.type.name, False))
             # the process that ran the step is the dead one, not this test's
-            self.write("UPDATE step_runs SET owner = ? WHERE id = ?", DEAD_OWNER, run_id)
-            self.dead_runs.add(run_id)
-
-    @precondition(lambda self: self.pending())
-    @rule(data=st.data(), stage=st.sampled_from(["decided", "claimed", "resolved, then claims"]))
-    def another_process_dies(self, data: st.DataObject, stage: str) -> None:
-        """Another process (a CLI ``approve``) records the deciding approvals, maybe claims the
-        action, and dies before running it: its approval (and run) stay with a dead owner. Or the
-        alert resolves between its decision and its claim: the claim must fail (compare-and-set)."""
-        ap = data.draw(st.sampled_from(self.pending()))
-        names = [p for p in PEOPLE if f"slack:{p}" not in approvers(ap["decisions"])]
-        self.run(decide_elsewhere(self.engine, ap["id"], names))
-        state = self.q("SELECT state FROM approvals WHERE id = ?", ap["id"])[0]["state"]
-        if state != "approved":
-            return
-        run_id = None
-        if stage == "resolved, then claims":
-            inc = self.q("SELECT fingerprint, starts_at FROM incidents WHERE id = ?", ap["incident_id"])[0]
-            alert = next(
-                a
-                for a in self.alerts
-                if (a.fingerprint, a.starts_key) == (inc["fingerprint"], inc["starts_at"])
-            )
-            self.run(self._receive(alert, "resolved"))
-        if stage != "decided":
-            run_id = self.run(self.engine.store.claim(ap["id"], summary="approved", actor="cli", target=None))
-            if stage == "resolved, then claims":
-                assert run_id is None, "an approval was claimed after its alert resolved"
-        # the process that decided (and claimed) is the dead one, not this test's
-        self.write("UPDATE approvals SET owner = ? WHERE id = ?", DEAD_OWNER, ap["id"])
-        self.dead_approvals.add(ap["id"])
-        if run_id is not None:
             self.write("UPDATE step_runs SET owner = ? WHERE id = ?", DEAD_OWNER, run_id)
             self.dead_runs.add(run_id)
 
