@@ -7,7 +7,8 @@
 
 Benchmarks: memory (report vs redis-cli --memkeys/--bigkeys), eviction (SCAN+UNLINK vs the
 runbook's KEYS | xargs DEL), ingest (POST /alerts vs a bare aiohttp + SQLite handler), first-message
-(alert to first notification, full memory-high diagnostics), scaling (report at 100k, 1M, 5M keys).
+(alert to first notification, full memory-high diagnostics), scaling (report at 100k, 1M, 5M keys),
+cluster (report on a 3-primary Redis Cluster vs one node, same keys).
 Every benchmark starts its own redis-server on a free loopback port and stops every process it
 started, also on Ctrl-C. Figures are medians over ``--runs`` runs; the machine is shared, so expect
 noise and compare the ratios, which are measured in the same run.
@@ -21,10 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench import first_message, memory_report, pattern_eviction, scaling, webhook_ingest
+from bench import cluster_report, first_message, memory_report, pattern_eviction, scaling, webhook_ingest
 from bench.common import Results, install_cleanup, log, machine, stop_all
 
-BENCHMARKS = ("memory", "eviction", "ingest", "first-message", "scaling")
+BENCHMARKS = ("memory", "eviction", "ingest", "first-message", "scaling", "cluster")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             first_message.bench(res, keys, max(runs, 3) if not args.quick else 2)
         if "scaling" in only:
             scaling.bench(res, sizes, runs)
+        if "cluster" in only:
+            cluster_report.bench(res, keys, runs)
     except KeyboardInterrupt:
         log("interrupted: stopping every process the bench started")
         stop_all()
