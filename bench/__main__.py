@@ -9,7 +9,8 @@ Benchmarks: memory (report vs redis-cli --memkeys/--bigkeys), eviction (SCAN+UNL
 runbook's KEYS | xargs DEL), ingest (POST /alerts vs a bare aiohttp + SQLite handler), first-message
 (alert to first notification, full memory-high diagnostics), scaling (report at 100k, 1M, 5M keys),
 ha (ingest with two replicas on PostgreSQL vs one on SQLite; time from a replica's death to the
-takeover of its incident).
+takeover of its incident);
+cluster (report on a 3-primary Redis Cluster vs one node, same keys).
 Every benchmark starts its own redis-server on a free loopback port and stops every process it
 started, also on Ctrl-C. Figures are medians over ``--runs`` runs; the machine is shared, so expect
 noise and compare the ratios, which are measured in the same run.
@@ -23,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench import first_message, ha, memory_report, pattern_eviction, scaling, webhook_ingest
+from bench import cluster_report, first_message, ha, memory_report, pattern_eviction, scaling, webhook_ingest
 from bench.common import Results, install_cleanup, log, machine, stop_all
 
-BENCHMARKS = ("memory", "eviction", "ingest", "first-message", "scaling", "ha")
+BENCHMARKS = ("memory", "eviction", "ingest", "first-message", "scaling", "ha", "cluster")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             scaling.bench(res, sizes, runs)
         if "ha" in only:
             ha.bench(res, rates, seconds, runs)
+        if "cluster" in only:
+            cluster_report.bench(res, keys, runs)
     except KeyboardInterrupt:
         log("interrupted: stopping every process the bench started")
         stop_all()

@@ -7,7 +7,7 @@ rules a templated URL must follow, :mod:`bot.topology` the Sentinel settings.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
@@ -88,6 +88,9 @@ class TargetConfig(LabelMatcher):
     sentinel: SentinelConfig | None = Field(
         default=None,
         description="Instead of url: Sentinel addresses and the master name; the primary is asked for.",
+    )
+    mode: Literal["auto", "single", "cluster"] = Field(
+        default="auto", description="Redis Cluster or a single node; auto: INFO cluster says."
     )
     prefer_replica: bool = Field(
         default=False, description="Run heavy read-only scans on a healthy, in-sync replica (never actions)."
@@ -179,6 +182,7 @@ class TargetConfig(LabelMatcher):
             timeout,
             prefer_replica=self.prefer_replica and not action,
             replica_allowed=replica_allowed,
+            mode=self.mode,
         )
 
     @model_validator(mode="after")
@@ -187,8 +191,12 @@ class TargetConfig(LabelMatcher):
         host or database."""
         if (self.url is None) == (self.sentinel is None):
             raise ValueError("give exactly one of `url` or `sentinel` (addresses and master name)")
-        if self.sentinel is not None and (self.action_url or self.allowed_addresses):
-            raise ValueError("a `sentinel` target takes no `action_url` or `allowed_addresses`")
+        if self.sentinel is not None and (
+            self.action_url or self.allowed_addresses or self.mode == "cluster"
+        ):
+            raise ValueError(
+                "a `sentinel` target takes no `action_url`, `allowed_addresses` or `mode: cluster`"
+            )
         if self.action_url and self.url and _without_userinfo(self.action_url) != _without_userinfo(self.url):
             raise ValueError(
                 "action_url must point at the same host, port and db as url (only credentials may differ)"

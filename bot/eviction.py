@@ -122,6 +122,7 @@ async def estimate_eviction(
 
 
 StopFn = Callable[[], Awaitable[str | None]]
+Unlinker = Callable[[list[bytes]], Awaitable[int]]
 CheckpointFn = Callable[[dict[str, object]], Awaitable[None]]
 
 
@@ -174,8 +175,12 @@ async def evict(
     progress_every_s: float = 1.0,
     should_stop: StopFn | None = None,
     checkpoint: CheckpointFn | None = None,
+    unlinker: Unlinker | None = None,
 ) -> EvictionResult:
     """Delete keys matching ``pattern``, never protected ones; stop when more than ``max_keys`` match.
+
+    ``unlinker`` removes one batch and says how many keys it removed (default: one ``UNLINK`` of
+    the batch; a Redis Cluster node needs one per key, see :func:`bot.cluster.unlink_each`).
 
     SCAN and UNLINK calls are small. The next SCAN page is requested before the current one is
     filtered, and a batch is unlinked while the walk goes on (one SCAN and one UNLINK in flight, on
@@ -242,7 +247,7 @@ async def evict(
         nonlocal unlinking, in_flight
         await settle()
         await stop_point(should_stop, res.done())
-        unlinking = asyncio.create_task(timed(client.unlink(*keys)))
+        unlinking = asyncio.create_task(timed(unlinker(keys) if unlinker else client.unlink(*keys)))
         in_flight = len(keys)
 
     def scan_from(cursor: int) -> asyncio.Task[object]:

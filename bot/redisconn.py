@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
+from bot.cluster import ClusterNode, cluster_enabled, primaries_of
 from bot.errors import CommandNotAllowed, RedisUnavailable, StepError
 from bot.topology import SentinelConfig, online_replicas, replica_in_sync
 
@@ -87,10 +88,13 @@ class RedisTarget:
     sentinel: SentinelConfig | None = None
     prefer_replica: bool = False
     replica_allowed: ReplicaRule | None = field(default=None, repr=False)
+    mode: str = "auto"
+    """``cluster`` or ``single`` as the config declares, else found out (INFO cluster) on first use."""
     _client: aioredis.Redis | None = field(default=None, init=False, repr=False)
     _sentinel: Sentinel | None = field(default=None, init=False, repr=False)
     _node: str | None = field(default=None, init=False)
     _replicas: dict[tuple[str, int], aioredis.Redis] = field(default_factory=dict, init=False, repr=False)
+    _cluster: bool | None = field(default=None, init=False)
 
     @property
     def db(self) -> int:
@@ -141,6 +145,28 @@ class RedisTarget:
                 self._client = aioredis.Redis.from_url(self.url, **self._options())
         return self._client
 
+    async def is_cluster(self) -> bool:
+        """A Redis Cluster node: declared (``mode: cluster``) or found (INFO cluster, asked once)."""
+        if self.mode != "auto" or self.sentinel is not None:
+            return self.mode == "cluster"
+        if self._cluster is None:
+            self._cluster = await cluster_enabled(self.client)
+        return self._cluster
+
+    async def topology(self) -> list[ClusterNode]:
+        """The cluster's primaries now (CLUSTER NODES through the configured node)."""
+        return await primaries_of(self.client, urlsplit(self.url).hostname or "127.0.0.1")
+
+    async def primaries(self) -> list[tuple[str, aioredis.Redis]]:
+        """Where the data is: every primary of a cluster as (``host:port``, client), else this one."""
+        if not await self.is_cluster():
+            return [(self.node or self.name, self.client)]
+        return [(n.addr, self.node_client(n.host, n.port)) for n in await self.topology()]
+
+    def node_client(self, host: str, port: int) -> aioredis.Redis:
+        """A client for another node of this target (a replica, a cluster primary): same credentials."""
+        return self._replica_client(host, port)
+
     def _replica_client(self, host: str, port: int) -> aioredis.Redis:
         if (host, port) not in self._replicas:
             if self.sentinel is not None:
@@ -149,7 +175,7 @@ class RedisTarget:
                     host=host, port=port, db=s.db, username=s.username, password=s.password, **self._options()
                 )
             else:
-                r = aioredis.Redis.from_url(self.url, host=host, port=port, **self._options())
+                r = aioredis.Redis.from_url(with_address(self.url, host, port), **self._options())
             self._replicas[(host, port)] = r
         return self._replicas[(host, port)]
 
@@ -202,6 +228,15 @@ class RedisTarget:
             for s in self._sentinel.sentinels:
                 await s.aclose()
             self._sentinel = None
+
+
+def with_address(url: str, host: str, port: int) -> str:
+    """``url`` pointed at another node (same credentials, database and options): redis-py lets a
+    URL's host win over keyword arguments, so the URL itself must change."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{where}" if userinfo else where))
 
 
 def text_of(value: Any) -> str:

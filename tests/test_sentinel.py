@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -139,3 +140,31 @@ def test_a_target_is_a_url_or_a_sentinel(tmp_path: Path) -> None:
     text = str(err.value)
     assert "give exactly one of `url` or `sentinel`" in text
     assert "'nohost' is not host:port" in text
+
+
+async def test_prefer_replica_on_a_url_target_finds_the_replica_from_the_primary(
+    tmp_path: Path, make_redis: Any
+) -> None:
+    primary = make_redis()
+    replica = make_redis("--replicaof", "127.0.0.1", str(primary.port))
+    p, r = primary.sync_client(), replica.sync_client()
+    seed_platform(p, agents=100)
+    wait(
+        lambda: r.info("replication")["master_link_status"] == "up" and r.dbsize() == p.dbsize(), what="sync"
+    )
+    wait(lambda: p.info("replication").get("slave0", {}).get("state") == "online", what="online")
+    path = tmp_path / "bot.yaml"
+    path.write_text(
+        f"targets:\n  - match: {{job: redis}}\n    url: {primary.url}\n    prefer_replica: true\n"
+    )
+    target = load_config(path).targets[0].resolve({})
+    try:
+        r.config_resetstat()
+        st = REGISTRY["redis.memory_report"]
+        assert st.run is not None
+        out = await st.run(StepContext(target=target), st.params())
+        assert out.data["replica"] == f"127.0.0.1:{replica.port}"
+        assert out.data["scanned_keys"] == p.dbsize()
+        assert int(r.info("commandstats").get("cmdstat_scan", {}).get("calls", 0)) > 0
+    finally:
+        await target.close()

@@ -114,3 +114,91 @@ def redis_cli(*args: str) -> str:
         check=True,
     )
     return out.stdout
+
+
+class ClusterSetup:
+    """Three primaries, no replicas, every slot assigned (``redis-cli --cluster create``)."""
+
+    def __init__(self, tmp: Path, size: int = 3) -> None:
+        self.nodes = [
+            RedisServer(
+                tmp / f"node{i}", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "5000",
+                # The bus port defaults to port + 10000, past 65535 for a high ephemeral port.
+                "--cluster-port", str(localstack.free_port()),
+            ).start()
+            for i in range(size)
+        ]  # fmt: skip
+        redis_cli(
+            "--cluster",
+            "create",
+            *(n.address for n in self.nodes),
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        )
+        for n in self.nodes:
+            wait(
+                lambda n=n: n.sync_client().info("cluster") and self.state(n) == "ok", what="cluster state ok"
+            )
+        wait(self.converged, what="every node sees every slot")
+
+    @staticmethod
+    def state(node: RedisServer) -> str:
+        return str(
+            node.sync_client()
+            .execute_command("CLUSTER", "INFO")
+            .decode()
+            .split("cluster_state:")[1]
+            .split()[0]
+        )
+
+    def converged(self) -> bool:
+        return all(
+            "cluster_slots_ok:16384" in n.sync_client().execute_command("CLUSTER", "INFO").decode()
+            for n in self.nodes
+        )
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5)
+
+    def node_id(self, node: RedisServer) -> str:
+        return str(node.sync_client().execute_command("CLUSTER", "MYID").decode())
+
+    def owner(self, slot: int) -> RedisServer:
+        for start, end, master, *_ in self.nodes[0].sync_client().execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return next(x for x in self.nodes if x.port == int(master[1]))
+        raise AssertionError(f"slot {slot} has no owner")
+
+    def migrate(
+        self, slot: int, src: RedisServer, dst: RedisServer, *, keys: int | None = None, finish: bool = True
+    ) -> int:
+        """Move ``keys`` keys (all by default) of ``slot`` from ``src`` to ``dst``, as redis-cli
+        --cluster reshard does; ``finish`` assigns the slot to ``dst`` on every node."""
+        s, d = src.sync_client(), dst.sync_client()
+        d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(src))
+        s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(dst))
+        moved = 0
+        while keys is None or moved < keys:
+            want = 100 if keys is None else min(100, keys - moved)
+            batch = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, want)
+            if not batch:
+                break
+            s.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *batch)
+            moved += len(batch)
+        if finish:
+            self.assign(slot, dst)
+        return moved
+
+    def assign(self, slot: int, dst: RedisServer) -> None:
+        for n in self.nodes:
+            n.sync_client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", self.node_id(dst))
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()

@@ -10,6 +10,7 @@ follows for the details.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import defaultdict
@@ -132,7 +133,7 @@ def estimate_shares(
 
 
 async def memory_estimate(
-    client: aioredis.Redis,
+    clients: list[aioredis.Redis],
     *,
     sample: int = 10_000,
     batch: int = 1000,
@@ -141,14 +142,26 @@ async def memory_estimate(
     depth: int = 1,
     top: int = 10,
 ) -> MemoryEstimate:
-    """Sample ``sample`` random keys (at most the database's size) and estimate shares per namespace."""
+    """Sample ``sample`` random keys (at most the database's size) and estimate shares per namespace.
+
+    With several ``clients`` (the primaries of a cluster), each is sampled in proportion to its key
+    count, at the same time: together a uniform sample of the whole keyspace.
+    """
     started = time.perf_counter()
     unavailable: dict[str, str] = {}
-    dbsize = int(await client.dbsize())
-    pairs, method = await sample_sizes(
-        client, min(sample, dbsize), batch=batch, samples=samples, unavailable=unavailable
+    sizes = [int(await c.dbsize()) for c in clients]
+    dbsize = sum(sizes)
+    want = min(sample, dbsize)
+    parts = await asyncio.gather(
+        *(
+            sample_sizes(c, round(want * n / dbsize), batch=batch, samples=samples, unavailable=unavailable)
+            for c, n in zip(clients, sizes, strict=True)
+            if n
+        )
     )
-    used = int((await client.info("memory")).get("used_memory", 0))
+    pairs = [pair for part, _ in parts for pair in part]
+    method = parts[0][1] if parts else "script"
+    used = sum([int((await c.info("memory")).get("used_memory", 0)) for c in clients])
     mean = sum(b for _, b in pairs) / len(pairs) if pairs else 0.0
     return MemoryEstimate(
         dbsize=dbsize,

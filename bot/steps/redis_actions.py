@@ -7,23 +7,15 @@ the safety rules that may have changed in between (protected keys appearing, a f
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from bot.cluster import estimate_on, evict_cluster
 from bot.config import ByteSize
-from bot.durations import Duration
 from bot.errors import CommandNotAllowed, OverCap, PlanRefused, StepError
-from bot.eviction import (
-    EvictionEstimate,
-    bgsave_and_wait,
-    estimate_eviction,
-    evict,
-    find_protected,
-    stop_point,
-)
+from bot.eviction import EvictionEstimate, evict, find_protected, stop_point
 from bot.formatting import format_duration, human_bytes
 from bot.keypatterns import key_matcher, refuse_reason
 from bot.redisconn import redis_errors
@@ -124,8 +116,8 @@ async def plan_evict(ctx: StepContext, p: EvictParams) -> Plan:
     if reuse is not None:
         est, counted_by = reuse
     else:
-        async with redis_errors(ctx.target.name):
-            est = await estimate_eviction(ctx.target.client, p.pattern, protected, count=p.count)
+        async with redis_errors(ctx.target.name):  # on every primary of a cluster
+            est = await estimate_on(await ctx.target.primaries(), p.pattern, protected, p.count)
         counted_by = "a SCAN of the pattern"
     cap, cap_name = _key_cap(ctx, p)
     if est.deletable > cap:
@@ -202,19 +194,24 @@ async def run_evict(ctx: StepContext, p: EvictParams, plan: Plan) -> StepOutput:
     protected = list(dict.fromkeys([*params.get("protected", []), *ctx.protected_patterns]))
     limit, limit_name = _evict_limit(ctx, p, plan)
     before = await _used_memory(ctx)
+    pacing: dict[str, Any] = {
+        "max_keys": limit,
+        "limit_name": limit_name,
+        "batch": int(params.get("batch", p.batch)),
+        "count": int(params.get("count", p.count)),
+        "progress": ctx.progress,
+        "should_stop": ctx.should_stop,
+        "checkpoint": ctx.settings.get("checkpoint"),
+    }
+    per_node: dict[str, int] = {}
     async with redis_errors(ctx.target.name):
-        res = await evict(
-            ctx.target.client,
-            changes[0].name,
-            protected,
-            max_keys=limit,
-            limit_name=limit_name,
-            batch=int(params.get("batch", p.batch)),
-            count=int(params.get("count", p.count)),
-            progress=ctx.progress,
-            should_stop=ctx.should_stop,
-            checkpoint=ctx.settings.get("checkpoint"),
-        )
+        if await ctx.target.is_cluster():  # per primary, key by key, following resharding
+            t = ctx.target
+            res, per_node = await evict_cluster(
+                t.primaries, t.topology, t.node_client, plan.pattern or "", protected, **pacing
+            )
+        else:
+            res = await evict(ctx.target.client, changes[0].name, protected, **pacing)
     after = await _used_memory(ctx)
     freed = before - after if before is not None and after is not None else None
     return StepOutput(
@@ -231,91 +228,20 @@ async def run_evict(ctx: StepContext, p: EvictParams, plan: Plan) -> StepOutput:
             "used_memory_before": before,
             "used_memory_after": after,
             "freed_bytes": freed,
+            "nodes": per_node,
         },
     )
 
 
 async def _used_memory(ctx: StepContext) -> int | None:
+    """Used memory of the target (summed over a cluster's primaries); None when unreadable."""
     try:
         async with redis_errors(ctx.target.name):
-            info = await ctx.target.client.info("memory")
-        return int(info.get("used_memory", 0))
+            return sum(
+                [int((await c.info("memory")).get("used_memory", 0)) for _, c in await ctx.target.primaries()]
+            )
     except StepError:
         return None
-
-
-class FlushParams(StepParams):
-    snapshot_first: bool = Field(default=True, description="BGSAVE and wait for it before flushing")
-    snapshot_timeout: Duration = 120.0
-
-
-async def _flush_guards(ctx: StepContext) -> dict[str, Any]:
-    client = ctx.target.client
-    async with redis_errors(ctx.target.name):
-        repl = await client.info("replication")
-        if repl.get("role") != "master":
-            raise PlanRefused(
-                f"{ctx.target.name} is a replica (role {repl.get('role')}): never flush a replica"
-            )
-        protected = await find_protected(client, list(ctx.protected_patterns), limit=20)
-        if protected:
-            raise PlanRefused(
-                f"refused: protected keys exist in db {ctx.target.db} (e.g. {', '.join(protected[:5])});"
-                " FLUSHDB would delete queues/sessions. Evict the cache namespace instead."
-            )
-        size = await client.dbsize()
-        mem = await client.info("memory")
-    return {"keys": int(size), "used_memory": int(mem.get("used_memory", 0))}
-
-
-async def plan_flushdb(ctx: StepContext, p: FlushParams) -> Plan:
-    g = await _flush_guards(ctx)
-    snap = "after a fresh BGSAVE snapshot, " if p.snapshot_first else ""
-    return Plan(
-        action="redis.flushdb",
-        target=ctx.target.name,
-        db=ctx.target.db,
-        summary=f"{snap}FLUSHDB ASYNC: delete ALL {g['keys']:,} keys of db {ctx.target.db} (last resort)",
-        estimated_keys=g["keys"],
-        estimated_bytes=g["used_memory"],
-        protected_excluded=0,
-        approvers_required=2,
-        changes=[*([Change(op="bgsave")] if p.snapshot_first else []), Change(op="flushdb")],
-        params={"snapshot_first": p.snapshot_first},
-    )
-
-
-@action("redis.flushdb", params=FlushParams, plan=plan_flushdb, timeout=600.0)
-async def run_flushdb(ctx: StepContext, p: FlushParams, plan: Plan) -> StepOutput:
-    """The runbook's last resort: FLUSHDB ASYNC of the target's database, with two approvers.
-
-    Refused on a replica and while any protected key (BullMQ queues, sessions) exists in the db.
-    Whether a snapshot is taken first is what the plan lists, not what the step says now.
-    """
-    ops = [c.op for c in planned(plan, {"bgsave", "flushdb"})]
-    if ops not in (["flushdb"], ["bgsave", "flushdb"]):
-        raise StepError(f"not executed: the plan's changes {ops} are not [bgsave,] flushdb")
-    await _flush_guards(ctx)  # re-check: a queue may have appeared since the plan was approved
-    saved = None
-    if ops[0] == "bgsave":
-        await stop_point(ctx.should_stop, {"deleted": 0})
-        async with redis_errors(ctx.target.name):
-            try:
-                saved = await bgsave_and_wait(ctx.target.client, timeout=p.snapshot_timeout)
-            except (TimeoutError, RuntimeError) as exc:
-                raise StepError(f"no fresh snapshot, so no flush: {exc}") from exc
-    # Again, right before flushing: a queue may have appeared, or a failover happened, while the
-    # snapshot was being written; and the kill switch may have been turned on.
-    await _flush_guards(ctx)
-    await stop_point(ctx.should_stop, {"deleted": 0, "snapshot_lastsave": saved or 0})
-    async with redis_errors(ctx.target.name):
-        size = await ctx.target.client.dbsize()
-        await ctx.target.client.flushdb(asynchronous=True)
-    return StepOutput(
-        summary=f"FLUSHDB ASYNC done: {size:,} keys removed from db {ctx.target.db}"
-        + (f" (snapshot at {time.strftime('%H:%M:%S', time.gmtime(saved))}Z)" if saved else ""),
-        data={"deleted": int(size), "snapshot_lastsave": saved},
-    )
 
 
 async def config_int(ctx: StepContext, name: str) -> int:

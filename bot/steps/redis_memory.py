@@ -6,8 +6,13 @@ The runbook's ``redis-cli --bigkeys`` and its "inefficient caching strategy" che
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import redis.asyncio as aioredis
 from pydantic import Field
 
+from bot import cluster
 from bot.formatting import human_bytes, join_blocks, pct, table, unavailable_details, unavailable_note
 from bot.redisconn import redis_errors
 from bot.redisops import estimate, memory
@@ -50,9 +55,8 @@ async def memory_report(ctx: StepContext, p: MemoryReportParams) -> StepOutput:
     async def progress(scanned: int, dbsize: int) -> None:
         await ctx.progress(f"memory report: {scanned:,} of ~{dbsize:,} keys scanned")
 
-    async with redis_errors(ctx.target.name):
-        client, replica = await ctx.target.read_client()
-        r = await memory.memory_report(
+    def report(client: aioredis.Redis, top_prefixes: int, report_progress: Any) -> Any:
+        return memory.memory_report(
             client,
             top=p.top,
             count=p.count,
@@ -61,10 +65,25 @@ async def memory_report(ctx: StepContext, p: MemoryReportParams) -> StepOutput:
             samples=p.samples,
             max_keys=p.max_keys,
             max_prefixes=p.max_prefixes,
-            top_prefixes=p.top_prefixes,
+            top_prefixes=top_prefixes,
             use_script=p.scripts,
-            progress=progress,
+            progress=report_progress,
         )
+
+    nodes: list[dict[str, Any]] = []
+    async with redis_errors(ctx.target.name):
+        if await ctx.target.is_cluster():
+            # Every primary at once: each Redis is single-threaded, so N primaries take ~1/N.
+            primaries = await ctx.target.primaries()
+            parts = await asyncio.gather(*(report(c, p.max_prefixes, None) for _, c in primaries))
+            r = cluster.merge_reports(parts, top=p.top, top_prefixes=p.top_prefixes)
+            nodes = cluster.node_rows(
+                [(addr, part) for (addr, _), part in zip(primaries, parts, strict=True)]
+            )
+            replica = None
+        else:
+            client, replica = await ctx.target.read_client()
+            r = await report(client, p.top_prefixes, progress)
     share = f" ({pct(r.share_of_used_memory)} of used_memory {human_bytes(r.used_memory)})"
     summary = f"{r.scanned_keys:,} keys use {human_bytes(r.total_bytes)}{share if r.used_memory else ''}"
     if r.max_keys_reached:
@@ -114,9 +133,11 @@ async def memory_report(ctx: StepContext, p: MemoryReportParams) -> StepOutput:
         notes.append(f"{r.vanished_keys} keys vanished during the scan")
     if r.prefixes_overflowed:
         notes.append(f"more than {p.max_prefixes} prefixes: the rest are lumped as {OTHER_PREFIXES}")
+    if nodes:
+        summary += f"; {len(nodes)} primaries: " + ", ".join(f"{n['node']} {n['keys']:,} keys" for n in nodes)
     return StepOutput(
         summary=summary + on_replica(replica),
-        data=to_jsonable(r) | {"replica": replica},
+        data=to_jsonable(r) | {"replica": replica, "nodes": nodes},
         details=join_blocks(
             prefix_table, keys_table, type_table, "; ".join(notes), unavailable_details(r.unavailable)
         ),
@@ -144,9 +165,13 @@ async def memory_estimate(ctx: StepContext, p: MemoryEstimateParams) -> StepOutp
     (``redis.memory_report``) follows for exact figures and the biggest keys.
     """
     async with redis_errors(ctx.target.name):
-        client, replica = await ctx.target.read_client()
+        if await ctx.target.is_cluster():
+            clients, replica = [c for _, c in await ctx.target.primaries()], None
+        else:
+            client, replica = await ctx.target.read_client()
+            clients = [client]
         r = await estimate.memory_estimate(
-            client,
+            clients,
             sample=p.sample,
             batch=p.batch,
             samples=p.samples,

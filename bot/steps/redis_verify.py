@@ -140,12 +140,12 @@ class KeyCountParams(StepParams):
 async def verify_key_count(ctx: StepContext, p: KeyCountParams) -> StepOutput:
     """Helped if at most ``max`` keys match ``pattern`` (counted with SCAN) within the window."""
     deadline = time.monotonic() + p.within
-    client = ctx.target.client
     while True:
         n = 0
         async with redis_errors(ctx.target.name):
-            async for _ in client.scan_iter(match=p.pattern, count=1000):
-                n += 1
+            for _, client in await ctx.target.primaries():  # every primary of a cluster
+                async for _ in client.scan_iter(match=p.pattern, count=1000):
+                    n += 1
         data = {"verification": True, "pattern": p.pattern, "count": n, "max": p.max}
         if n <= p.max:
             return StepOutput(
