@@ -294,7 +294,8 @@ def cluster_memory(runs: NodeRuns[dict[str, Any]]) -> StepOutput:
     total = (
         f"{human_bytes(used)} of {human_bytes(limit)} maxmemory ({pct(used / limit)})"
         if limit
-        else f"{human_bytes(used)}, no maxmemory limit on every node"
+        else f"{human_bytes(used)}, {'not every node has' if any(m.maxmemory for _, m in figs) else 'no node has'}"
+        " a maxmemory limit"
     )
     high = w.ratio is not None and w.ratio >= MEMORY_WARN_RATIO
     fullest = (
