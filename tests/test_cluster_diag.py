@@ -18,6 +18,7 @@ import redis
 from bot.alerts import Notification
 from bot.config import load_config
 from bot.engine import Engine
+from bot.errors import PlanRefused, StepError
 from bot.incidents import IncidentState, StepStatus
 from bot.planview import describe_plan
 from bot.redisconn import RedisTarget, with_address
@@ -272,3 +273,51 @@ async def test_a_monitor_on_another_primary_is_named_and_the_approved_kill_disco
         hog.close()
         bystander.close()
         sync.config_set("maxmemory", 0)
+
+
+def same_id(a: RedisServer, b: RedisServer) -> tuple[redis.Redis, redis.Redis]:
+    """A connection to each node with the same client ID there (named worker-a, worker-b): the
+    node whose counter is behind gets new connections until it catches up."""
+    ca = redis.Redis(port=a.port, client_name="worker-a")
+    cb = redis.Redis(port=b.port, client_name="worker-b")
+    while (ia := int(ca.client_id())) != (ib := int(cb.client_id())):
+        if ia < ib:
+            ca.close()
+            ca = redis.Redis(port=a.port, client_name="worker-a")
+        else:
+            cb.close()
+            cb = redis.Redis(port=b.port, client_name="worker-b")
+    return ca, cb
+
+
+async def test_client_ids_are_per_node_and_the_kill_goes_only_to_a_current_primary(
+    topo: ClusterSetup, rc: redis.RedisCluster, target: RedisTarget
+) -> None:
+    st = REGISTRY["redis.client_kill"]
+    assert st.plan is not None and st.execute is not None
+    ctx = StepContext(target=target)
+    a, b = topo.nodes[1], topo.nodes[2]
+    ca, cb = same_id(a, b)
+    try:
+        shared = int(ca.client_id())
+        assert int(cb.client_id()) == shared, "each node numbers its clients: the same ID on two nodes"
+        with pytest.raises(PlanRefused, match=f"with id {shared} is connected to several primaries"):
+            await st.plan(ctx, st.params(id=shared))
+        entry = next(c for c in b.sync_client().client_list() if c["name"] == "worker-b")
+        plan = await st.plan(ctx, st.params(addr=entry["addr"]))
+        assert plan.changes[0].node == b.address and plan.changes[0].name == entry["id"]
+        assert plan.summary.startswith(f"CLIENT KILL ID {entry['id']} on node {b.address}: disconnect")
+
+        elsewhere = plan.model_copy(
+            update={"changes": [plan.changes[0].model_copy(update={"node": "127.0.0.1:1"})]}
+        )
+        with pytest.raises(StepError, match=r"127\.0\.0\.1:1 is not a primary of cluster now"):
+            await st.execute(ctx, st.params(addr=entry["addr"]), elsewhere)
+        assert cb.ping(), "nothing was killed"
+        out = await st.execute(ctx, st.params(addr=entry["addr"]), plan)
+        assert out.data["killed"] == 1 and out.data["node"] == b.address
+        assert not any(c["name"] == "worker-b" for c in b.sync_client().client_list())
+        assert ca.ping(), "the client of the other node is untouched"
+    finally:
+        ca.close()
+        cb.close()
