@@ -111,6 +111,20 @@ async def test_info_totals_and_keyspace_are_sums_over_the_nodes(
     assert "3 primaries use" in memory.summary and "per node:" in memory.summary
     assert memory.data["figures"]["memory"]["node"] == memory.data["fullest"]
 
+    for n in topo.nodes:
+        n.sync_client().config_resetstat()
+    for i in range(30):
+        assert rc.get(f"agent:{i * 97}") is not None
+    for i in range(10):
+        assert rc.get(f"missing:{i}") is None
+    stats = await run(target, "redis.info", section="stats")
+    assert stats.data["figures"]["stats"]["hits"] == 30 and stats.data["figures"]["stats"]["misses"] == 10
+    assert (
+        stats.summary.startswith("hit ratio 75.0% (30 hits / 10 misses)")
+        and "over 3 primaries" in stats.summary
+    )
+    assert sum(int(i["keyspace_hits"]) for i in stats.data["nodes"].values()) == 30
+
     keyspace = await run(target, "redis.info", section="keyspace")
     assert keyspace.data["info"]["db0"] == {"keys": KEYS, "expires": EXPIRING}
     per_node = {n.address: n.sync_client().dbsize() for n in topo.nodes}

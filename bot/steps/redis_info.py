@@ -238,6 +238,8 @@ async def info(ctx: StepContext, p: InfoParams) -> StepOutput:
         return cluster_memory(runs)
     if section == "keyspace":
         return cluster_keyspace(runs)
+    if section == "stats":
+        return cluster_stats(runs)
     outs = [(addr, info_output(data, section)) for addr, data in runs.results]
     return merge_outputs(NodeRuns(True, outs, runs.errors), f"INFO {section}")
 
@@ -366,4 +368,37 @@ def cluster_keyspace(runs: NodeRuns[dict[str, Any]]) -> StepOutput:
             "errors": runs.errors,
         },
         status="warning" if runs.errors else "ok",
+    )
+
+
+_SUMMED_STATS = (
+    "keyspace_hits",
+    "keyspace_misses",
+    "evicted_keys",
+    "expired_keys",
+    "rejected_connections",
+    "instantaneous_ops_per_sec",
+)
+
+
+def cluster_stats(runs: NodeRuns[dict[str, Any]]) -> StepOutput:
+    """INFO stats added up over every primary: the cluster's hit ratio is its hits over all lookups,
+    wherever the keys live; the node with the lowest hit ratio is named when the total is low."""
+    total = {k: sum(int(info.get(k, 0) or 0) for _, info in runs.results) for k in _SUMMED_STATS}
+    text, warn = _stats_summary(total)
+    ratios = [(a, s.ratio) for a, info in runs.results if (s := hit_stats(info)).ratio is not None]
+    worst = min(ratios, key=lambda r: r[1], default=None)
+    if warn and worst is not None:
+        text += f"; lowest on node {worst[0]} ({pct(worst[1])})"
+    return StepOutput(
+        summary=f"{text} over {len(runs.results)} primaries{runs.note()}",
+        data={
+            "section": "stats",
+            "cluster": True,
+            "info": total,
+            "nodes": dict(runs.results),
+            "figures": {"stats": to_jsonable(hit_stats(total))},
+            "errors": runs.errors,
+        },
+        status="warning" if warn or runs.errors else "ok",
     )
