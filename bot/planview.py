@@ -28,7 +28,8 @@ def describe_change(change: dict[str, Any], db: object = None) -> str:
     if op == "bgsave":
         return "BGSAVE: write a fresh snapshot first"
     if op == "client_kill":
-        return f"CLIENT KILL ID {name}: disconnect the client at {change.get('before')}"
+        on = f" on node {change['node']}" if change.get("node") else ""
+        return f"CLIENT KILL ID {name}{on}: disconnect the client at {change.get('before')}"
     if op == "memory_purge":
         return "MEMORY PURGE: ask the allocator to return free pages to the OS"
     return f"{op} {name} {change.get('before')} -> {change.get('after')}"  # unknown: show it raw

@@ -118,6 +118,8 @@ async def test_keys_without_ttl_flags_cache_namespaces_not_protected_ones(
     assert "cache namespaces without TTL: user:* 99.2% of 121 sampled" in out.summary
     assert f"db0: {keys - expires:,} of {keys:,} keys without TTL" in out.summary
     assert "(protected sess:*, bull:* without TTL: expected)" in out.summary
+    assert "growth unknown: no earlier reading (no Prometheus configured)" in out.summary
+    assert out.data["growth"] == {"known": False, "reason": "no Prometheus configured"}
     redis_sync.delete(*[f"user:{i}" for i in range(120)])
     clean = await run(target, "redis.keys_without_ttl")
     assert clean.status == "ok" and "no unprotected namespace" in clean.summary

@@ -214,6 +214,32 @@ async def test_memory_trend_and_time_to_full(ctx: StepContext, stack: PromStack,
     assert "predict_linear over 5.0s" in out.details
 
 
+async def test_keys_without_ttl_growth_comes_from_prometheus(
+    ctx: StepContext, stack: PromStack, rsync: redis.Redis
+) -> None:
+    """Growth needs an earlier reading: redis_exporter's redis_db_keys minus redis_db_keys_expiring,
+    from the oldest point of the window to the newest."""
+    without_ttl = f"sum(redis_db_keys{{{stack.selector}}} - redis_db_keys_expiring{{{stack.selector}}})"
+    rsync.mset({f"user:{i}": "x" for i in range(100)})
+    rsync.set("agent:ttl", "x", ex=600)
+    await asyncio.to_thread(stack.prom.wait_for_value, without_ttl, lambda v: v == 100)
+    since = time.time()  # Prometheus holds 100 keys without TTL as of now
+    rsync.mset({f"user:{i}": "x" for i in range(100, 400)})
+
+    async def grown() -> StepOutput | None:
+        out = await run(ctx, "redis.keys_without_ttl", history=f"{time.time() - since:.3f}s")
+        return out if out.data["growth"].get("to") == 400 else None
+
+    out: StepOutput = await wait_for(grown, timeout=20, interval=0.5)
+    growth = out.data["growth"]
+    assert (growth["known"], growth["from"], growth["delta"]) == (True, 100, 300), growth
+    assert "keys without TTL grew by 300 in" in out.summary and "(100 -> 400, Prometheus)" in out.summary
+
+    before = await run(ctx, "redis.keys_without_ttl", history="1s", selector='instance="nowhere:1"')
+    assert before.data["growth"]["known"] is False
+    assert "growth unknown: Prometheus has no earlier reading of" in before.summary
+
+
 async def test_hit_ratio(ctx: StepContext, stack: PromStack, rsync: redis.Redis) -> None:
     rsync.set("hot", "1")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -43,6 +44,8 @@ class ClientEntry:
     tot_mem: int
     omem: int
     qbuf: int
+    node: str = ""
+    """The cluster primary the client is connected to (empty on a single node)."""
 
     @property
     def buffers(self) -> int:
@@ -85,6 +88,8 @@ class ClientsReport:
     """Clients holding output or query buffers, biggest first (``omem + qbuf``)."""
     used_memory: int | None = None
     """INFO memory's used_memory, which counts client buffers: what a buffer's share is of."""
+    node_used_memory: dict[str, int] = field(default_factory=dict)
+    """On a cluster, each primary's used_memory: a client's buffer is a share of its own node's."""
 
 
 def parse_client_list(raw: bytes | str) -> list[dict[str, str]]:
@@ -200,3 +205,45 @@ async def client_names(client: aioredis.Redis, unavailable: dict[str, str]) -> d
     if raw is None:
         return {}
     return {c["addr"]: c["name"] for c in parse_client_list(raw) if c.get("name") and "addr" in c}
+
+
+def merge_clients(reports: list[tuple[str, ClientsReport]], *, top: int) -> ClientsReport:
+    """Every primary's clients as one report: counts added up, the biggest buffers and memory of all
+    nodes sorted together, each entry naming its node."""
+
+    def total(get: Callable[[ClientsReport], int | None]) -> int | None:
+        values = [get(r) for _, r in reports]
+        return None if any(v is None for v in values) else sum(v or 0 for v in values)
+
+    def counts(get: Callable[[ClientsReport], dict[str, int]]) -> dict[str, int]:
+        c: Counter[str] = Counter()
+        for _, r in reports:
+            c.update(get(r))
+        return dict(c.most_common(top))
+
+    entries = [replace(e, node=addr) for addr, r in reports for e in r.top_buffers]
+    heavy = [replace(e, node=addr) for addr, r in reports for e in r.top_memory]
+    unavailable = {f"{k} on {addr}": v for addr, r in reports for k, v in r.unavailable.items()}
+    return ClientsReport(
+        source="client list" if all(r.source == "client list" for _, r in reports) else "info",
+        total=total(lambda r: r.total),
+        maxclients=min((r.maxclients for _, r in reports if r.maxclients), default=None),
+        blocked=total(lambda r: r.blocked),
+        blocked_queue_workers=total(lambda r: r.blocked_queue_workers),
+        blocked_by_cmd=counts(lambda r: r.blocked_by_cmd),
+        pubsub=total(lambda r: r.pubsub),
+        monitors=total(lambda r: r.monitors),
+        replicas=total(lambda r: r.replicas),
+        by_name=counts(lambda r: r.by_name),
+        by_host=counts(lambda r: r.by_host),
+        by_cmd=counts(lambda r: r.by_cmd),
+        total_mem=total(lambda r: r.total_mem),
+        total_omem=total(lambda r: r.total_omem),
+        total_qbuf=total(lambda r: r.total_qbuf),
+        top_memory=heapq.nlargest(top, heavy, key=lambda e: (e.tot_mem, e.omem, e.qbuf)),
+        info={},
+        unavailable=unavailable,
+        top_buffers=heapq.nlargest(top, entries, key=lambda e: (e.buffers, e.omem, e.id)),
+        used_memory=total(lambda r: r.used_memory),
+        node_used_memory={addr: r.used_memory or 0 for addr, r in reports},
+    )

@@ -73,6 +73,30 @@ async def sample_ttls(
     return s
 
 
+def merge_samples(samples: list[TTLSample]) -> TTLSample:
+    """One sample from several nodes' (a cluster's primaries): counts per prefix added up."""
+    out = TTLSample(0, Counter(), Counter(), 0, 0)
+    for s in samples:
+        out.sampled += s.sampled
+        out.with_ttl.update(s.with_ttl)
+        out.sizes.update(s.sizes)
+        out.bull += s.bull
+        out.protected += s.protected
+    return out
+
+
+def sum_keyspaces(sections: list[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """INFO keyspace of several nodes added up per database (``keys`` and ``expires``)."""
+    out: dict[str, dict[str, int]] = {}
+    for section in sections:
+        for name, v in section.items():
+            if isinstance(v, Mapping):
+                db = out.setdefault(name, {"keys": 0, "expires": 0})
+                db["keys"] += int(v.get("keys", 0))
+                db["expires"] += int(v.get("expires", 0))
+    return out
+
+
 @asynccontextmanager
 async def db_client(client: aioredis.Redis, db: int) -> AsyncIterator[aioredis.Redis]:
     """A client like ``client`` on database ``db`` (same address, credentials, timeouts)."""

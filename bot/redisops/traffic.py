@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import redis.asyncio as aioredis
 from redis import exceptions as rex
@@ -84,6 +84,8 @@ class SlowlogEntry:
     args: list[str]
     client_addr: str
     client_name: str
+    node: str = ""
+    """The cluster primary that logged it (empty on a single node)."""
 
 
 @dataclass
@@ -144,6 +146,22 @@ async def slowlog(client: aioredis.Redis, n: int = 10) -> SlowlogReport:
         log_slower_than_us=int_or_none(settings.get("slowlog-log-slower-than")),
         max_len=int_or_none(settings.get("slowlog-max-len")),
         unavailable=unavailable,
+    )
+
+
+def merge_slowlogs(reports: list[tuple[str, SlowlogReport]]) -> SlowlogReport:
+    """Every primary's slow log as one, newest first (slowest first within a second), each entry
+    naming its node; lengths added up, the logging threshold the lowest any node uses."""
+    entries = [replace(e, node=addr) for addr, r in reports for e in r.entries]
+    entries.sort(key=lambda e: (-e.timestamp, -e.duration_ms, e.node, -e.id))
+    lengths = [r.length for _, r in reports]
+    thresholds = [r.log_slower_than_us for _, r in reports if r.log_slower_than_us is not None]
+    return SlowlogReport(
+        entries=entries,
+        length=None if any(n is None for n in lengths) else sum(n or 0 for n in lengths),
+        log_slower_than_us=min(thresholds, default=None),
+        max_len=reports[0][1].max_len,
+        unavailable={f"{k} on {a}": v for a, r in reports for k, v in r.unavailable.items()},
     )
 
 

@@ -23,6 +23,7 @@ from bot.steps import redis_admin as _redis_admin  # noqa: F401  isort: skip
 from bot.steps import redis_snapshot as _redis_snapshot  # noqa: F401  isort: skip
 from bot.steps import redis_flush as _redis_flush  # noqa: F401  isort: skip
 from bot.steps import redis_expert as _redis_expert  # noqa: F401  isort: skip
+from bot.steps import redis_ttl as _redis_ttl  # noqa: F401  isort: skip
 from bot.steps import redis_info as _redis_info  # noqa: F401  isort: skip
 from bot.steps import redis_memory as _redis_memory  # noqa: F401  isort: skip
 from bot.steps import redis_traffic as _redis_traffic  # noqa: F401  isort: skip

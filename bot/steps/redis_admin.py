@@ -5,14 +5,17 @@ A client that never reads its replies (a forgotten ``MONITOR``, a stuck subscrib
 every reply for it in an output buffer, which counts in used_memory like data. Disconnecting it
 frees that memory at once and loses no data, but it is still a change on a production server:
 like every action here it has a plan (the exact client, by its ID), an approval bound to that plan,
-and an execute half that re-checks the client is the one approved before it acts.
+and an execute half that re-checks the client is the one approved before it acts. On a Redis
+Cluster the client is looked for on every primary, and the plan names its node: the kill happens
+there, not on the node in the URL.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
+import redis.asyncio as aioredis
 from pydantic import Field, model_validator
 
 from bot.config import ByteSize
@@ -22,6 +25,7 @@ from bot.formatting import human_bytes
 from bot.redisconn import redis_errors
 from bot.redisops.clients import ClientEntry, find_clients
 from bot.redisops.common import call
+from bot.steps.pernode import on_primaries
 from bot.steps.redis_actions import planned
 from bot.steps.registry import Change, Plan, StepContext, StepOutput, StepParams, action
 
@@ -55,25 +59,41 @@ def _selector(p: ClientKillParams) -> str:
     return f"holding over {human_bytes(p.buffers_over)} of buffers"
 
 
-async def _clients(ctx: StepContext) -> tuple[list[ClientEntry], int]:
-    """Every connection and our own connection's ID; a refused CLIENT command says where to go."""
+async def _listed(client: aioredis.Redis) -> tuple[list[ClientEntry], int]:
+    """One node's connections and the bot's own connection ID there."""
+    return await find_clients(client), int(await call(client, "CLIENT", "ID"))
+
+
+def _not_allowed(ctx: StepContext, exc: CommandNotAllowed) -> PlanRefused:
+    return PlanRefused(
+        f"CLIENT is not allowed on {ctx.target.name} (managed Redis, or an ACL without it): disconnect"
+        f" the client from the provider's console or restart the application holding it. ({exc})"
+    )
+
+
+async def _clients(ctx: StepContext) -> tuple[list[ClientEntry], dict[str, int], dict[str, str]]:
+    """Every connection (of every primary of a cluster, each naming its node), the bot's own
+    connection ID per node (key ``""`` on a single node), and the nodes that could not be read."""
     try:
-        async with redis_errors(ctx.target.name):
-            entries = await find_clients(ctx.target.client)
-            own = int(await call(ctx.target.client, "CLIENT", "ID"))
+        runs = await on_primaries(ctx.target, _listed)
     except CommandNotAllowed as exc:
-        raise PlanRefused(
-            f"CLIENT is not allowed on {ctx.target.name} (managed Redis, or an ACL without it): disconnect"
-            f" the client from the provider's console or restart the application holding it. ({exc})"
-        ) from exc
-    return entries, own
+        raise _not_allowed(ctx, exc) from exc
+    if not runs.cluster:
+        entries, own = runs.results[0][1]
+        return entries, {"": own}, {}
+    found = [replace(e, node=addr) for addr, (entries, _) in runs.results for e in entries]
+    return found, {addr: own for addr, (_, own) in runs.results}, runs.errors
 
 
 def _pick(entries: list[ClientEntry], p: ClientKillParams) -> ClientEntry | None:
-    if p.id is not None:
-        return next((c for c in entries if c.id == p.id), None)
-    if p.addr is not None:
-        return next((c for c in entries if c.addr == p.addr), None)
+    if p.id is not None or p.addr is not None:
+        found = [c for c in entries if (c.id == p.id if p.id is not None else c.addr == p.addr)]
+        if len(found) > 1:  # client IDs are per node: the same ID may be on two primaries
+            nodes = ", ".join(c.node for c in found)
+            raise PlanRefused(
+                f"a client {_selector(p)} is connected to several primaries ({nodes}): give its addr"
+            )
+        return found[0] if found else None
     return max(entries, key=lambda c: (c.buffers, c.id), default=None)
 
 
@@ -89,36 +109,53 @@ def refuse_reason(c: ClientEntry, own: int) -> str | None:
     return None
 
 
+def _on(node: str) -> str:
+    return f" on node {node}" if node else ""
+
+
 async def plan_client_kill(ctx: StepContext, p: ClientKillParams) -> Plan:
-    """The one client to disconnect, named by ID and shown with what it holds; nothing to do (a plan
-    of zero) when ``buffers_over`` finds no client that big."""
-    entries, own = await _clients(ctx)
-    others = [c for c in entries if c.id != own] if p.buffers_over is not None else entries
+    """The one client to disconnect, named by ID (and on a cluster by its primary) and shown with
+    what it holds; nothing to do (a plan of zero) when ``buffers_over`` finds no client that big."""
+    entries, own, unread = await _clients(ctx)
+    others = [c for c in entries if c.id != own[c.node]] if p.buffers_over is not None else entries
     c = _pick(others, p)
     if p.buffers_over is not None and (c is None or c.buffers <= p.buffers_over):
-        biggest = f" (the biggest holds {human_bytes(c.buffers)}: {c.describe()})" if c else ""
+        biggest = f" (the biggest holds {human_bytes(c.buffers)}: {c.describe()}{_on(c.node)})" if c else ""
         return Plan(
             action="redis.client_kill",
             target=ctx.target.name,
             db=ctx.target.db,
             summary=f"no client holds over {human_bytes(p.buffers_over)} of buffers{biggest}",
             estimated_keys=0,
+            details={"not_read": unread} if unread else {},
         )
     if c is None:
         raise PlanRefused(f"no client {_selector(p)} is connected to {ctx.target.name}")
-    if reason := refuse_reason(c, own):
+    if reason := refuse_reason(c, own[c.node]):
         raise PlanRefused(f"refused: {reason}")
     return Plan(
         action="redis.client_kill",
         target=ctx.target.name,
         db=ctx.target.db,
-        summary=f"CLIENT KILL ID {c.id}: disconnect {c.describe()}, which holds {human_bytes(c.omem)}"
-        f" output and {human_bytes(c.qbuf)} query buffer",
-        changes=[Change(op="client_kill", name=str(c.id), before=c.addr)],
+        summary=f"CLIENT KILL ID {c.id}{_on(c.node)}: disconnect {c.describe()}, which holds"
+        f" {human_bytes(c.omem)} output and {human_bytes(c.qbuf)} query buffer",
+        changes=[Change(op="client_kill", name=str(c.id), before=c.addr, node=c.node or None)],
         # The client as seen when planned: shown to the approver, not compared by the re-check (a
-        # MONITOR's buffer grows by the second; its ID and address are what must not change).
+        # MONITOR's buffer grows by the second; its ID, address and node are what must not change).
         details={"client": asdict(c)},
     )
+
+
+async def _node(ctx: StepContext, node: str | None) -> aioredis.Redis:
+    """Where the approved client is: the target's client, or the named primary of the cluster, only
+    while it is still one of the cluster's primaries (never an address taken from elsewhere)."""
+    if node is None:
+        return ctx.target.client
+    async with redis_errors(ctx.target.name):
+        primaries = dict(await ctx.target.primaries()) if await ctx.target.is_cluster() else {}
+    if node not in primaries:
+        raise StepError(f"not executed: {node} is not a primary of {ctx.target.name} now")
+    return primaries[node]
 
 
 @action("redis.client_kill", params=ClientKillParams, plan=plan_client_kill, timeout=30.0)
@@ -126,39 +163,53 @@ async def run_client_kill(ctx: StepContext, p: ClientKillParams, plan: Plan) -> 
     """Disconnect one runaway client (CLIENT KILL ID), e.g. a forgotten MONITOR holding a huge output buffer.
 
     Chosen by ``id``, ``addr``, or in a playbook ``buffers_over`` (the client with the biggest
-    buffers, when over that size). The plan names the client by ID and address; execution kills
-    exactly that ID, only while it is still connected from the same address, never a replication
-    link or the bot's own connection, and not once the kill switch is on.
+    buffers, when over that size; on a cluster, over every primary). The plan names the client by
+    ID, address and node; execution connects to that node, kills exactly that ID, only while it is
+    still connected there from the same address, never a replication link or the bot's own
+    connection, not once the kill switch is on, and then checks the client is gone from that node.
     """
     changes = planned(plan, {"client_kill"})
     if len(changes) != 1 or not changes[0].name.isdigit():
         raise StepError("not executed: the plan must name exactly one client by ID")
-    cid, addr = int(changes[0].name), changes[0].before
-    entries, own = await _clients(ctx)
+    cid, addr, node = int(changes[0].name), changes[0].before, changes[0].node
+    client = await _node(ctx, node)
+    where = f"{ctx.target.name} ({node})" if node else ctx.target.name
+    try:
+        async with redis_errors(where):
+            entries, own = await _listed(client)
+    except CommandNotAllowed as exc:
+        raise _not_allowed(ctx, exc) from exc
     c = next((e for e in entries if e.id == cid), None)
+    base = {"id": cid, "addr": addr, "node": node}
     if c is None:
         return StepOutput(
-            summary=f"client {cid} ({addr}) is gone already: nothing to disconnect",
-            data={"killed": 0, "id": cid, "addr": addr},
+            summary=f"client {cid} ({addr}){_on(node or '')} is gone already: nothing to disconnect",
+            data=base | {"killed": 0},
         )
     if c.addr != addr:
         raise StepError(f"not executed: client {cid} is at {c.addr} now, not {addr} as approved")
     if reason := refuse_reason(c, own):
         raise StepError(f"not executed: {reason}")
-    before = await _used_memory(ctx)
+    before = await _used_memory(client, where)
     await stop_point(ctx.should_stop, {"killed": 0})
-    async with redis_errors(ctx.target.name):
-        killed = int(await call(ctx.target.client, "CLIENT", "KILL", "ID", str(cid)))
-    after = await _used_memory(ctx)
+    async with redis_errors(where):
+        killed = int(await call(client, "CLIENT", "KILL", "ID", str(cid)))
+        gone = not any(e.id == cid for e in await find_clients(client))
+    after = await _used_memory(client, where)
+    if not gone:
+        raise StepError(
+            f"CLIENT KILL ID {cid}{_on(node or '')} answered {killed}, but the client is still listed"
+        )
     return StepOutput(
-        summary=f"disconnected client {c.describe()}, which held {human_bytes(c.buffers)} of buffers"
-        f" (memory {human_bytes(before)} -> {human_bytes(after)})"
+        summary=f"disconnected client {c.describe()}{_on(node or '')}, which held {human_bytes(c.buffers)}"
+        f" of buffers (memory {human_bytes(before)} -> {human_bytes(after)}{_on(node or '')}); it is no"
+        " longer listed there"
         if killed
         else f"client {cid} ({addr}) disconnected on its own meanwhile",
-        data={
+        data=base
+        | {
             "killed": killed,
-            "id": cid,
-            "addr": addr,
+            "gone": gone,
             "buffers": c.buffers,
             "used_memory_before": before,
             "used_memory_after": after,
@@ -166,10 +217,10 @@ async def run_client_kill(ctx: StepContext, p: ClientKillParams, plan: Plan) -> 
     )
 
 
-async def _used_memory(ctx: StepContext) -> int | None:
+async def _used_memory(client: aioredis.Redis, where: str) -> int | None:
     try:
-        async with redis_errors(ctx.target.name):
-            return int((await ctx.target.client.info("memory")).get("used_memory", 0))
+        async with redis_errors(where):
+            return int((await client.info("memory")).get("used_memory", 0))
     except StepError:
         return None
 

@@ -1,20 +1,22 @@
 """The diagnostics an expert runs next, each read-only and cheap, each with a summary that says what
-the figures mean and what to do: MEMORY DOCTOR with fragmentation, LATENCY DOCTOR, keys without
-TTL, the eviction policy per database role, the cost of a fork, and replication.
+the figures mean and what to do: MEMORY DOCTOR with fragmentation, LATENCY DOCTOR, the eviction
+policy per database role, the cost of a fork, and replication (keys without TTL are in
+:mod:`bot.steps.redis_ttl`). On a Redis Cluster each runs on every primary and names the nodes that
+have something to say (:mod:`bot.steps.pernode`).
 
 See :mod:`bot.steps.redis_info` for how steps wrap :mod:`bot.redisops`.
 """
 
 from __future__ import annotations
 
+import redis.asyncio as aioredis
 from pydantic import Field
 
 from bot.config import ByteSize
-from bot.formatting import human_bytes, join_blocks, pct, table, unavailable_details, unavailable_note
-from bot.redisconn import redis_errors
+from bot.formatting import human_bytes, join_blocks, table, unavailable_details, unavailable_note
 from bot.redisops import expert, roles
 from bot.redisops.common import to_jsonable
-from bot.steps.redis_memory import on_replica
+from bot.steps.pernode import per_primary_step
 from bot.steps.registry import StepContext, StepOutput, StepParams, step
 
 # ----------------------------------------------------------------------------------- memory doctor
@@ -33,11 +35,14 @@ async def memory_doctor(ctx: StepContext, p: MemoryDoctorParams) -> StepOutput:
     after a peak (``MEMORY PURGE``, see ``redis.memory_purge``) and process overhead; RSS below used
     memory means swapping.
     """
+    return await per_primary_step(ctx, lambda c: _memory_doctor(c, p), "MEMORY DOCTOR and fragmentation")
+
+
+async def _memory_doctor(client: aioredis.Redis, p: MemoryDoctorParams) -> StepOutput:
     unavailable: dict[str, str] = {}
-    async with redis_errors(ctx.target.name):
-        info = await ctx.target.client.info("memory")
-        doc = await expert.doctor(ctx.target.client, "MEMORY")
-        defrag = await expert.config_value(ctx.target.client, "activedefrag", unavailable)
+    info = await client.info("memory")
+    doc = await expert.doctor(client, "MEMORY")
+    defrag = await expert.config_value(client, "activedefrag", unavailable)
     unavailable |= doc.unavailable
     f = expert.fragmentation(info, defrag, ratio_warn=p.ratio_warn, min_bytes=p.min_bytes)
     said = f"MEMORY DOCTOR: {', '.join(doc.findings)}" if doc.findings else ""
@@ -75,10 +80,13 @@ async def latency_doctor(ctx: StepContext, p: LatencyDoctorParams) -> StepOutput
     Says when nothing could be recorded because ``latency-monitor-threshold`` is 0, and how to turn
     it on.
     """
+    return await per_primary_step(ctx, _latency_doctor, "LATENCY DOCTOR")
+
+
+async def _latency_doctor(client: aioredis.Redis) -> StepOutput:
     unavailable: dict[str, str] = {}
-    async with redis_errors(ctx.target.name):
-        threshold = await expert.config_value(ctx.target.client, "latency-monitor-threshold", unavailable)
-        doc = await expert.doctor(ctx.target.client, "LATENCY")
+    threshold = await expert.config_value(client, "latency-monitor-threshold", unavailable)
+    doc = await expert.doctor(client, "LATENCY")
     unavailable |= doc.unavailable
     off = threshold == "0" or (doc.text is not None and "monitoring is disabled" in doc.text)
     if off:
@@ -101,69 +109,6 @@ async def latency_doctor(ctx: StepContext, p: LatencyDoctorParams) -> StepOutput
     )
 
 
-# ---------------------------------------------------------------------------------- keys without TTL
-
-
-class KeysWithoutTTLParams(StepParams):
-    sample: int = Field(2000, ge=1, le=100_000)
-    share_warn: float = Field(0.5, gt=0, le=1, description="flag a cache namespace above this share")
-    separator: str = Field(":", min_length=1, max_length=8)
-    depth: int = Field(1, ge=1, le=10)
-    top: int = Field(20, ge=1, le=1000)
-
-
-@step("redis.keys_without_ttl", params=KeysWithoutTTLParams, timeout=60.0)
-async def keys_without_ttl(ctx: StepContext, p: KeysWithoutTTLParams) -> StepOutput:
-    """Keys that never expire: INFO keyspace keys vs expires, and per namespace from a SCAN sample.
-
-    A cache namespace without TTLs grows until maxmemory, the usual cause of RedisMemoryUsageHigh.
-    Protected namespaces (queues, sessions) without TTLs are expected and not flagged.
-    """
-    protected = list(ctx.protected_patterns)
-    async with redis_errors(ctx.target.name):
-        client, replica = await ctx.target.read_client()
-        keyspace = await client.info("keyspace")
-        s = await roles.sample_ttls(
-            client, protected, sample=p.sample, separator=p.separator.encode(), depth=p.depth
-        )
-    a = roles.ttl_audit(keyspace, s, protected, share_warn=p.share_warn, top=p.top)
-    dbs = "; ".join(
-        f"{name}: {d['without_ttl']:,} of {d['keys']:,} keys without TTL" for name, d in a.databases.items()
-    )
-    if not a.keys:
-        summary = "no keys"
-    elif a.flagged:
-        names = ", ".join(roles.describe_namespace(n) for n in a.flagged[:3])
-        summary = (
-            f"cache namespaces without TTL: {names} have none. Such keys stay until evicted or deleted"
-            " and grow until maxmemory: set a TTL where they are written (SET key value EX 3600) or"
-            f" evict the namespace. {dbs}"
-        )
-    else:
-        summary = f"{dbs}; no unprotected namespace in the {a.sampled:,}-key sample lacks TTLs"
-    expected = [n for n in a.namespaces if n.protected and n.without_ttl]
-    if expected:
-        summary += (
-            f" (protected {', '.join(n.pattern or n.prefix for n in expected[:3])} without TTL: expected)"
-        )
-    rows = [
-        [
-            n.pattern or n.prefix,
-            n.sampled,
-            n.without_ttl,
-            pct(n.share_without_ttl),
-            "yes" if n.protected else "",
-        ]
-        for n in a.namespaces
-    ]
-    return StepOutput(
-        summary=summary + on_replica(replica),
-        data=to_jsonable(a) | {"replica": replica},
-        status="warning" if a.flagged else "ok",
-        details=table(["namespace", "sampled", "no TTL", "share", "protected"], rows) if rows else "",
-    )
-
-
 # ---------------------------------------------------------------------------------- eviction policy
 
 
@@ -175,11 +120,16 @@ class EvictionPolicyParams(StepParams):
 async def eviction_policy(ctx: StepContext, p: EvictionPolicyParams) -> StepOutput:
     """Whether maxmemory-policy fits what each database holds: BullMQ queues need noeviction, a pure
     cache wants allkeys-lru/lfu, volatile-* evicts only keys with a TTL."""
-    client = ctx.target.client
-    async with redis_errors(ctx.target.name):
-        keyspace = await client.info("keyspace")
-        mem = await client.info("memory")
-        found = await roles.database_roles(client, keyspace, list(ctx.protected_patterns), sample=p.sample)
+    protected = list(ctx.protected_patterns)
+    return await per_primary_step(ctx, lambda c: _eviction_policy(c, p, protected), "eviction policy")
+
+
+async def _eviction_policy(
+    client: aioredis.Redis, p: EvictionPolicyParams, protected: list[str]
+) -> StepOutput:
+    keyspace = await client.info("keyspace")
+    mem = await client.info("memory")
+    found = await roles.database_roles(client, keyspace, protected, sample=p.sample)
     policy = str(mem["maxmemory_policy"]) if "maxmemory_policy" in mem else None
     maxmemory = int(mem.get("maxmemory", 0) or 0)
     verdict, problem = roles.policy_advice(policy, maxmemory, found)
@@ -208,8 +158,11 @@ async def fork_cost(ctx: StepContext, p: ForkCostParams) -> StepOutput:
     From ``latest_fork_usec`` (or ~20 ms per GiB of RSS), the last save's copy-on-write size, and
     the host's free memory; warns when the pause or the copy would hurt.
     """
-    async with redis_errors(ctx.target.name):
-        info = await ctx.target.client.info("everything")
+    return await per_primary_step(ctx, lambda c: _fork_cost(c, p), "fork cost")
+
+
+async def _fork_cost(client: aioredis.Redis, p: ForkCostParams) -> StepOutput:
+    info = await client.info("everything")
     f = expert.fork_cost(info, pause_warn_ms=p.pause_warn_ms)
     return StepOutput(summary=f.verdict, data=to_jsonable(f), status="warning" if f.problem else "ok")
 
@@ -225,8 +178,11 @@ class ReplicationParams(StepParams):
 async def replication(ctx: StepContext, p: ReplicationParams) -> StepOutput:
     """Replication health: each replica's state, lag in seconds and bytes, and the backlog; on a
     replica, the link to its primary."""
-    async with redis_errors(ctx.target.name):
-        info = await ctx.target.client.info("replication")
+    return await per_primary_step(ctx, lambda c: _replication(c, p), "replication")
+
+
+async def _replication(client: aioredis.Redis, p: ReplicationParams) -> StepOutput:
+    info = await client.info("replication")
     r = expert.replication(info, lag_warn_s=p.lag_warn_s)
     rows = [[x.addr, x.state, x.lag_s, human_bytes(x.behind_bytes)] for x in r.replicas]
     return StepOutput(

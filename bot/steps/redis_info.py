@@ -6,7 +6,9 @@ wrappers around :mod:`bot.redisops`: each validates parameters, calls the algori
 turns the typed result into a one-line summary for a phone screen, JSON data for the audit trail,
 and an optional plain-text table. The other diagnostics are in :mod:`bot.steps.redis_memory`
 (memory report, keyspace) and :mod:`bot.steps.redis_traffic` (slowlog, clients, latency, monitor).
-Nothing here writes to Redis.
+On a Redis Cluster, INFO is read on every primary (:mod:`bot.steps.pernode`): memory per node with
+the totals and the fullest node named, keyspace summed, other sections per node. Nothing here
+writes to Redis.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from typing import Any
 
 from pydantic import Field
 
-from bot.formatting import human_bytes, human_duration, pct
+from bot.formatting import human_bytes, human_duration, pct, table
 from bot.redisconn import redis_errors
 from bot.redisops.common import read_info, to_jsonable
 from bot.redisops.keyspace import hit_stats
 from bot.redisops.memory import memory_figures
+from bot.redisops.roles import sum_keyspaces
 from bot.redisops.traffic import ping_latency
+from bot.steps.pernode import NodeRuns, merge_outputs, on_primaries
 from bot.steps.registry import StepContext, StepOutput, StepParams, step
 
 MEMORY_WARN_RATIO = 0.8
@@ -227,8 +231,21 @@ async def info(ctx: StepContext, p: InfoParams) -> StepOutput:
     rejected connections, clients near maxclients, a broken replica link or a failed save.
     """
     section = p.section.lower()
-    async with redis_errors(ctx.target.name):
-        data = await read_info(ctx.target.client, section)
+    runs = await on_primaries(ctx.target, lambda c: read_info(c, section))
+    if not runs.cluster:
+        return info_output(runs.results[0][1], section)
+    if section == "memory":
+        return cluster_memory(runs)
+    if section == "keyspace":
+        return cluster_keyspace(runs)
+    if section == "stats":
+        return cluster_stats(runs)
+    outs = [(addr, info_output(data, section)) for addr, data in runs.results]
+    return merge_outputs(NodeRuns(True, outs, runs.errors), f"INFO {section}")
+
+
+def info_output(data: dict[str, Any], section: str) -> StepOutput:
+    """One node's INFO ``section`` as a step result: summary, key figures, warnings."""
     if not data:
         return StepOutput(
             summary=f"INFO {section} returned nothing: not a section this Redis knows",
@@ -259,4 +276,129 @@ async def info(ctx: StepContext, p: InfoParams) -> StepOutput:
         data={"section": section, "info": data, "figures": figures},
         status="warning" if warn else "ok",
         details=details,
+    )
+
+
+# ------------------------------------------------------------------------------------------ cluster
+
+
+def cluster_memory(runs: NodeRuns[dict[str, Any]]) -> StepOutput:
+    """INFO memory of every primary: used memory and maxmemory per node, the totals, and the fullest
+    node named (one full primary rejects writes to its slots however empty the others are)."""
+    figs = [(addr, memory_figures(info)) for addr, info in runs.results]
+    used = sum(m.used_memory for _, m in figs)
+    limited = all(m.maxmemory for _, m in figs)
+    limit = sum(m.maxmemory for _, m in figs) if limited else 0
+    node, w = max(figs, key=lambda f: (f[1].ratio or 0.0, f[1].used_memory))
+    per_node = ", ".join(
+        f"{a} {pct(m.ratio) if m.ratio is not None else human_bytes(m.used_memory)}" for a, m in figs
+    )
+    total = (
+        f"{human_bytes(used)} of {human_bytes(limit)} maxmemory ({pct(used / limit)})"
+        if limit
+        else f"{human_bytes(used)}, {'not every node has' if any(m.maxmemory for _, m in figs) else 'no node has'}"
+        " a maxmemory limit"
+    )
+    high = w.ratio is not None and w.ratio >= MEMORY_WARN_RATIO
+    fullest = (
+        f"node {node} at {pct(w.ratio)} of maxmemory ({w.used_memory_human} of {human_bytes(w.maxmemory)})"
+        if w.ratio is not None
+        else f"node {node} uses the most ({w.used_memory_human})"
+    )
+    summary = f"memory high on {fullest}" if high else f"fullest: {fullest}"
+    summary += f"; {len(figs)} primaries use {total}; per node: {per_node}"
+    buffers = [
+        f"node {a}{note}"
+        for a, info in runs.results
+        if (note := _client_buffers(info, int(info.get("used_memory", 0))))
+    ]
+    if buffers:
+        summary += "; " + "; ".join(b.replace("; client buffers", ": client buffers", 1) for b in buffers)
+    nodes = {a: to_jsonable(m) for a, m in figs}
+    return StepOutput(
+        summary=summary + runs.note(),
+        data={
+            "section": "memory",
+            "cluster": True,
+            "nodes": nodes,
+            "info": {a: info for a, info in runs.results},
+            "totals": {
+                "used_memory": used,
+                "maxmemory": limit,
+                "ratio": round(used / limit, 4) if limit else None,
+            },
+            "fullest": node,
+            # The fullest node's figures: the before/after of an incident compares these.
+            "figures": {"memory": nodes[node] | {"node": node}},
+            "errors": runs.errors,
+        },
+        status="warning" if high or buffers or runs.errors else "ok",
+        details=table(
+            ["node", "used", "maxmemory", "share", "frag", "client buffers"],
+            [
+                [
+                    a,
+                    m.used_memory_human,
+                    human_bytes(m.maxmemory) if m.maxmemory else "none",
+                    pct(m.ratio),
+                    f"{m.fragmentation_ratio:.2f}" if m.fragmentation_ratio is not None else "n/a",
+                    human_bytes(int(info.get("mem_clients_normal", 0) or 0)),
+                ]
+                for (a, m), (_, info) in zip(figs, runs.results, strict=True)
+            ],
+        ),
+    )
+
+
+def cluster_keyspace(runs: NodeRuns[dict[str, Any]]) -> StepOutput:
+    """INFO keyspace summed over every primary (a cluster has only db0), with keys per node."""
+    total = sum_keyspaces([info for _, info in runs.results])
+    text, _ = _keyspace_summary(total)
+    per_node = ", ".join(
+        f"{a} {sum(int(v.get('keys', 0)) for v in i.values() if isinstance(v, Mapping)):,}"
+        for a, i in runs.results
+    )
+    return StepOutput(
+        summary=f"{text} over {len(runs.results)} primaries (keys per node: {per_node}){runs.note()}",
+        data={
+            "section": "keyspace",
+            "cluster": True,
+            "info": total,
+            "nodes": dict(runs.results),
+            "errors": runs.errors,
+        },
+        status="warning" if runs.errors else "ok",
+    )
+
+
+_SUMMED_STATS = (
+    "keyspace_hits",
+    "keyspace_misses",
+    "evicted_keys",
+    "expired_keys",
+    "rejected_connections",
+    "instantaneous_ops_per_sec",
+)
+
+
+def cluster_stats(runs: NodeRuns[dict[str, Any]]) -> StepOutput:
+    """INFO stats added up over every primary: the cluster's hit ratio is its hits over all lookups,
+    wherever the keys live; the node with the lowest hit ratio is named when the total is low."""
+    total = {k: sum(int(info.get(k, 0) or 0) for _, info in runs.results) for k in _SUMMED_STATS}
+    text, warn = _stats_summary(total)
+    ratios = [(a, s.ratio) for a, info in runs.results if (s := hit_stats(info)).ratio is not None]
+    worst = min(ratios, key=lambda r: r[1], default=None)
+    if warn and worst is not None:
+        text += f"; lowest on node {worst[0]} ({pct(worst[1])})"
+    return StepOutput(
+        summary=f"{text} over {len(runs.results)} primaries{runs.note()}",
+        data={
+            "section": "stats",
+            "cluster": True,
+            "info": total,
+            "nodes": dict(runs.results),
+            "figures": {"stats": to_jsonable(hit_stats(total))},
+            "errors": runs.errors,
+        },
+        status="warning" if warn or runs.errors else "ok",
     )

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import redis.asyncio as aioredis
 from pydantic import Field
 
 from bot.formatting import ago, human_bytes, join_blocks, pct, table, unavailable_details, unavailable_note
 from bot.redisconn import redis_errors
 from bot.redisops import traffic
-from bot.redisops.clients import ClientsReport, clients_report
+from bot.redisops.clients import ClientsReport, clients_report, merge_clients
 from bot.redisops.common import to_jsonable
+from bot.steps.pernode import on_primaries, per_primary_step
 from bot.steps.redis_info import CLIENT_BUFFERS_FLOOR, CLIENT_BUFFERS_WARN_SHARE, CLIENTS_WARN_RATIO
 from bot.steps.registry import StepContext, StepOutput, StepParams, step
 
@@ -32,8 +34,8 @@ async def slowlog(ctx: StepContext, p: SlowlogParams) -> StepOutput:
 
     The runbook's ``redis-cli slowlog get 10``; any entry at or above ``threshold_ms`` is a warning.
     """
-    async with redis_errors(ctx.target.name):
-        r = await traffic.slowlog(ctx.target.client, p.n)
+    runs = await on_primaries(ctx.target, lambda c: traffic.slowlog(c, p.n))
+    r = traffic.merge_slowlogs(runs.results) if runs.cluster else runs.results[0][1]
     slow = [e for e in r.entries if e.duration_ms >= p.threshold_ms]
     logged = f"{r.length} logged" if r.length is not None else "length unknown"
     if not r.entries:
@@ -42,6 +44,8 @@ async def slowlog(ctx: StepContext, p: SlowlogParams) -> StepOutput:
     else:
         worst = max(r.entries, key=lambda e: e.duration_ms)
         who = worst.client_addr + (f" ({worst.client_name})" if worst.client_name else "")
+        if worst.node:
+            who += f" on node {worst.node}"
         head = (
             f"{len(slow)} commands >= {p.threshold_ms:g} ms"
             if slow
@@ -50,17 +54,35 @@ async def slowlog(ctx: StepContext, p: SlowlogParams) -> StepOutput:
         summary = (
             f"slowlog: {head} ({logged}); slowest {worst.duration_ms:.1f} ms: {worst.command} from {who}"
         )
+    if runs.cluster:
+        nodes = sorted({e.node for e in slow})
+        summary += f"; {len(runs.results)} primaries read" + (
+            f", slow on {', '.join(nodes)}" if nodes else ""
+        )
+    node = ["node"] if runs.cluster else []
+
+    def node_of(e: traffic.SlowlogEntry) -> list[str]:
+        return [e.node] if runs.cluster else []
+
     details = table(
-        ["id", "age", "ms", "client", "command"],
+        [*node, "id", "age", "ms", "client", "command"],
         [
-            [e.id, ago(e.timestamp), f"{e.duration_ms:.1f}", e.client_name or e.client_addr, e.command]
+            [
+                *node_of(e),
+                e.id,
+                ago(e.timestamp),
+                f"{e.duration_ms:.1f}",
+                e.client_name or e.client_addr,
+                e.command,
+            ]
             for e in r.entries
         ],
     )
     return StepOutput(
-        summary=summary + unavailable_note(r.unavailable),
-        data=to_jsonable(r) | {"threshold_ms": p.threshold_ms, "over_threshold": len(slow)},
-        status="warning" if slow else "ok",
+        summary=summary + unavailable_note(r.unavailable) + runs.note(),
+        data=to_jsonable(r)
+        | {"threshold_ms": p.threshold_ms, "over_threshold": len(slow), "errors": runs.errors},
+        status="warning" if slow or runs.errors else "ok",
         details=join_blocks(details if r.entries else "", unavailable_details(r.unavailable)),
     )
 
@@ -79,32 +101,44 @@ class ClientsParams(StepParams):
     )
 
 
-def buffer_hog(r: ClientsReport, p: ClientsParams) -> str | None:
+def buffer_hog(
+    r: ClientsReport, p: ClientsParams, node_buffers: Mapping[str, int] | None = None
+) -> str | None:
     """The sentence naming the client whose buffers hold a notable share of memory, if one does.
 
     Output buffers grow when a client does not read its replies (a forgotten ``MONITOR``, a stuck
     subscriber, a consumer that stopped); query buffers when it sends more than Redis can parse.
-    Both count in used_memory, so they push Redis towards maxmemory like data does.
+    Both count in used_memory, so they push Redis towards maxmemory like data does. On a cluster
+    (``node_buffers``: each primary's client buffers) the share is of the client's own node's used
+    memory, and the sentence starts with that node and its share of all the clients' buffers.
     """
     if not r.top_buffers:
         return None
     c = r.top_buffers[0]
-    share = c.buffers / r.used_memory if r.used_memory else None
+    used = r.node_used_memory.get(c.node) if c.node else r.used_memory
+    share = c.buffers / used if used else None
     notable = c.buffers >= p.buffer_warn_mb * 1024 * 1024 or (
         share is not None and share >= p.buffer_share_warn and c.buffers >= CLIENT_BUFFERS_FLOOR
     )
     if not notable:
         return None
     kind = "output buffer (omem)" if c.omem >= c.qbuf else "query buffer (qbuf)"
-    of_used = f", {pct(share)} of used memory" if share is not None else ""
+    whose = "its node's " if c.node else ""
+    of_used = f", {pct(share)} of {whose}used memory" if share is not None else ""
     why = (
         "it does not read its replies (a forgotten MONITOR, a stuck subscriber)"
         if c.omem >= c.qbuf
         else "it sends commands faster or bigger than Redis parses them"
     )
+    where, on = "", ""
+    if c.node and node_buffers:
+        mine, everyone = node_buffers.get(c.node, 0), sum(node_buffers.values())
+        what = "output buffers" if c.omem >= c.qbuf else "query buffers"
+        where = f"node {c.node} holds {pct(mine / everyone if everyone else None)} of the clients' {what}: "
+        on = f" on node {c.node}"
     return (
-        f"client {c.describe()} holds {human_bytes(c.buffers)} of {kind}{of_used}: {why};"
-        f" disconnect it with redis.client_kill (id {c.id}), and cap such clients with"
+        f"{where}client {c.describe()} holds {human_bytes(c.buffers)} of {kind}{of_used}: {why};"
+        f" disconnect it with redis.client_kill (id {c.id}{on}), and cap such clients with"
         " CONFIG SET client-output-buffer-limit"
     )
 
@@ -118,12 +152,18 @@ async def clients(ctx: StepContext, p: ClientsParams) -> StepOutput:
     hold more than ``buffer_warn_mb`` or ``buffer_share_warn`` of used memory. Falls back to INFO
     clients where CLIENT LIST is not allowed.
     """
-    async with redis_errors(ctx.target.name):
-        r = await clients_report(ctx.target.client, top=p.top)
+    runs = await on_primaries(ctx.target, lambda c: clients_report(c, top=p.top))
     issues: list[str] = []
-    if r.maxclients and r.total is not None and r.total >= CLIENTS_WARN_RATIO * r.maxclients:
-        issues.append(f"near maxclients {r.maxclients}")
-    hog = buffer_hog(r, p)
+    for addr, one in runs.results:
+        if one.maxclients and one.total is not None and one.total >= CLIENTS_WARN_RATIO * one.maxclients:
+            issues.append(f"near maxclients {one.maxclients}" + (f" on node {addr}" if runs.cluster else ""))
+    if runs.cluster:
+        r = merge_clients(runs.results, top=p.top)
+        node_buffers = {a: (x.total_omem or 0) + (x.total_qbuf or 0) for a, x in runs.results}
+        hog = buffer_hog(r, p, node_buffers)
+    else:
+        r, node_buffers = runs.results[0][1], {}
+        hog = buffer_hog(r, p)
     if hog:
         issues.append(hog)
     if r.source == "info":
@@ -140,11 +180,15 @@ async def clients(ctx: StepContext, p: ClientsParams) -> StepOutput:
         summary = (
             f"{r.total} clients, {blocked}; by name: {names}; buffers {human_bytes(r.total_mem or 0)} total"
         )
+        if runs.cluster:
+            summary += f" over {len(runs.results)} primaries"
+        node = ["node"] if runs.cluster else []
         details = join_blocks(
             table(
-                ["biggest buffers", "addr", "id", "cmd", "age s", "idle s", "omem", "qbuf"],
+                [*node, "biggest buffers", "addr", "id", "cmd", "age s", "idle s", "omem", "qbuf"],
                 [
                     [
+                        *([c.node] if runs.cluster else []),
                         c.name or "-",
                         c.addr,
                         c.id,
@@ -179,10 +223,11 @@ async def clients(ctx: StepContext, p: ClientsParams) -> StepOutput:
         )
     if issues:
         summary = f"{'; '.join(issues)}: {summary}"
+    extra = {"cluster": True, "node_buffers": node_buffers, "errors": runs.errors} if runs.cluster else {}
     return StepOutput(
-        summary=summary,
-        data=to_jsonable(r) | {"buffer_hog": hog} | ({"finding": hog} if hog else {}),
-        status="warning" if issues else "ok",
+        summary=summary + runs.note(),
+        data=to_jsonable(r) | {"buffer_hog": hog} | ({"finding": hog} if hog else {}) | extra,
+        status="warning" if issues or runs.errors else "ok",
         details=join_blocks(details, unavailable_details(r.unavailable)),
     )
 
@@ -205,8 +250,11 @@ async def latency(ctx: StepContext, p: LatencyParams) -> StepOutput:
     ``interval`` seconds (percent of one core) with ops/s. Warns above ``threshold_ms`` or
     ``cpu_warn_percent``.
     """
-    async with redis_errors(ctx.target.name):
-        r = await traffic.latency_report(ctx.target.client, interval=p.interval, pings=p.pings)
+    return await per_primary_step(ctx, lambda c: _latency(c, p), "latency")
+
+
+async def _latency(client: aioredis.Redis, p: LatencyParams) -> StepOutput:
+    r = await traffic.latency_report(client, interval=p.interval, pings=p.pings)
     issues: list[str] = []
     if r.ping.max_ms > p.threshold_ms:
         issues.append(f"ping up to {r.ping.max_ms:.1f} ms")

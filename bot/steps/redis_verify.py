@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from typing import Any
 
 from pydantic import Field
 
@@ -27,17 +28,35 @@ class MemoryBelowParams(StepParams):
 
 @step("redis.verify_memory_below", params=MemoryBelowParams, timeout=600.0, verifies=True)
 async def verify_memory_below(ctx: StepContext, p: MemoryBelowParams) -> StepOutput:
-    """Helped if used memory falls below ``ratio`` of maxmemory within the time window."""
+    """Helped if used memory falls below ``ratio`` of maxmemory within the time window.
+
+    On a Redis Cluster, on every primary: the fullest one decides (one full primary rejects the
+    writes to its slots however empty the others are).
+    """
     deadline = time.monotonic() + p.within
-    client = ctx.target.client
     while True:
         async with redis_errors(ctx.target.name):
-            info = await client.info("memory")
+            nodes = [(addr, await client.info("memory")) for addr, client in await ctx.target.primaries()]
+        cluster = len(nodes) > 1
+
+        def ratio_of(info: dict[str, Any]) -> float:
+            limit = int(info.get("maxmemory", 0))
+            return int(info.get("used_memory", 0)) / limit if limit else float("inf")
+
+        node, info = max(nodes, key=lambda n: ratio_of(n[1]))
         used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
-        data = {"verification": True, "used_memory": used, "maxmemory": limit, "target_ratio": p.ratio}
+        data: dict[str, Any] = {
+            "verification": True,
+            "used_memory": used,
+            "maxmemory": limit,
+            "target_ratio": p.ratio,
+        }
+        on = f" on node {node} (the fullest of {len(nodes)} primaries)" if cluster else ""
+        if cluster:
+            data |= {"node": node, "nodes": {a: int(i.get("used_memory", 0)) for a, i in nodes}}
         if limit == 0:
             return StepOutput(
-                summary="cannot verify: maxmemory is 0 (no limit), so there is no ratio",
+                summary=f"cannot verify: maxmemory is 0 (no limit){on}, so there is no ratio",
                 data=data,
                 status="failed",
             )
@@ -46,12 +65,12 @@ async def verify_memory_below(ctx: StepContext, p: MemoryBelowParams) -> StepOut
         if ratio < p.ratio:
             return StepOutput(
                 summary=f"helped: memory at {ratio:.0%} of maxmemory ({human_bytes(used)} of"
-                f" {human_bytes(limit)}), below {p.ratio:.0%}",
+                f" {human_bytes(limit)}){on}, below {p.ratio:.0%}",
                 data=data,
             )
         if time.monotonic() >= deadline:
             return StepOutput(
-                summary=f"did not help: memory still at {ratio:.0%} of maxmemory after"
+                summary=f"did not help: memory still at {ratio:.0%} of maxmemory{on} after"
                 f" {format_duration(p.within)} (wanted < {p.ratio:.0%})",
                 data=data,
                 status="failed",

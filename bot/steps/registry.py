@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from bot.redisconn import RedisTarget
 
@@ -64,6 +64,17 @@ class Change(BaseModel):
     name: str = ""
     before: str | None = None
     after: str | None = None
+    node: str | None = None
+    """The cluster primary (``host:port``) the change is made on, when it is one node's (a client
+    connected there); None: the target as a whole."""
+
+    @model_serializer(mode="wrap")
+    def _without_no_node(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Left out when None, so a change without a node reads and hashes as before the field."""
+        data: dict[str, Any] = handler(self)
+        if data.get("node") is None:
+            data.pop("node", None)
+        return data
 
 
 class Plan(BaseModel):
@@ -94,7 +105,7 @@ class Plan(BaseModel):
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON form: the same plan always gives the same hash (a plan
-        without ``node`` hashes as plans did before the field existed)."""
+        without ``node``, and changes without one, hash as plans did before those fields existed)."""
         data = self.model_dump(mode="json", exclude={"node"} if self.node is None else None)
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
