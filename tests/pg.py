@@ -14,6 +14,8 @@ Fixtures (imported by ``tests/conftest.py``):
 - ``store``: an open store of that backend (closed after the test).
 - ``database_line``: the config line that selects the store, for tests that build the whole engine
   or run the CLI from a config file.
+- ``asked_database_line``: ``database_line`` if the test takes ``backend``, else "": for shared
+  fixtures whose tests opt in to both backends one by one.
 
 :class:`RawDB` reads and writes a store's tables behind its back (as another process, or time
 passing, would), with the same SQL on both backends.
@@ -77,6 +79,14 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
 def database_line(database_url: str) -> str:
     """The config line naming this test's store (``database_url: sqlite://...`` or ``postgresql://``)."""
     return f"database_url: {database_url}\n"
+
+
+@pytest.fixture
+def asked_database_line(request: pytest.FixtureRequest) -> str:
+    """For fixtures shared by many tests (the Slack bot, a service config) of which only some need
+    both backends: ``database_line`` when the test takes the ``backend`` fixture (so it runs once
+    per backend), else "" (the SQLite ``state_file`` default, once)."""
+    return str(request.getfixturevalue("database_line")) if "backend" in request.fixturenames else ""
 
 
 @pytest.fixture

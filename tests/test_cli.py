@@ -1,4 +1,7 @@
-"""The command line as users script against it: check, run, incidents, approve/deny, audit, kill-switch."""
+"""The command line as users script against it: check, run, incidents, approve/deny, audit, kill-switch.
+
+The commands that decide and record (approve and deny from another process, the kill switch) run
+on both stores (``database_line``)."""
 
 from __future__ import annotations
 
@@ -84,12 +87,12 @@ def test_run_dry_run_then_incidents_and_audit(
 
 
 def test_run_then_approve_from_another_process(
-    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+    database_line: str, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=3000)
     redis_sync.config_set("maxmemory", int(redis_sync.info("memory")["used_memory"] / 0.85))
     # One operator without Slack: who runs the playbook may approve it (see test_identity for the rule).
-    cfg = write_config(tmp_path, redis_server.url, "approvals: {allow_self_approval: true}\n")
+    cfg = write_config(tmp_path, redis_server.url, "approvals: {allow_self_approval: true}\n" + database_line)
     out = cli("run", "redis-memory-high", "--config", str(cfg))
     assert out.returncode == 0, out.stderr
     assert "APPROVAL NEEDED for evict-agent-cache" in out.stdout
@@ -118,10 +121,10 @@ def test_run_then_approve_from_another_process(
 
 
 def test_deny_records_who_and_changes_nothing(
-    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+    database_line: str, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=50)
-    cfg = write_config(tmp_path, redis_server.url)
+    cfg = write_config(tmp_path, redis_server.url, database_line)
     cli("run", "redis-memory-high", "--config", str(cfg))
     out = cli("deny", "1", "--config", str(cfg), "--as", "bob")
     bob = cli_actor("bob").label
@@ -131,9 +134,11 @@ def test_deny_records_who_and_changes_nothing(
     assert inc["status"] == "diagnosed" and f"denied by {bob}" in inc["note"]
 
 
-def test_kill_switch_round_trip(tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis) -> None:
+def test_kill_switch_round_trip(
+    database_line: str, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+) -> None:
     seed_platform(redis_sync, agents=50)
-    cfg = write_config(tmp_path, redis_server.url)
+    cfg = write_config(tmp_path, redis_server.url, database_line)
     assert "kill switch: off" in cli("kill-switch", "status", "--config", str(cfg)).stdout
     on = cli("kill-switch", "on", "--config", str(cfg), "--reason", "investigating")
     assert "kill switch: ON" in on.stdout and "investigating" in on.stdout
