@@ -108,6 +108,17 @@ async def test_a_notification_is_stored_whole_with_repeats_and_resolutions_in_or
     assert unmatched.new == [] and (await store.list_incidents(limit=1, steps=False))[0].status == I.UNMATCHED
 
 
+async def test_the_links_an_alert_came_with_are_kept(store: Store) -> None:
+    """The card links to the alert's graph and to Alertmanager, whichever store holds it."""
+    links = {"generator": "http://prom:9090/graph?g0.expr=up", "alertmanager": "http://am:9093"}
+    with_links = item("linked")
+    with_links.links.update(links)
+    (inc_id,) = (await store.ingest([with_links])).new
+    assert (await store.get_incident(inc_id)).links == links
+    (plain,) = (await store.ingest([item("plain", target="other")])).new
+    assert (await store.get_incident(plain)).links == {}
+
+
 async def test_alerts_of_one_playbook_and_target_join_the_open_incident(store: Store) -> None:
     (parent,) = (await store.ingest([item("s1")])).new
     more = await store.ingest([item("s2"), item("s3")])

@@ -51,10 +51,11 @@ _NEW, _UNMATCHED, _MERGED = IncidentState.NEW.value, IncidentState.UNMATCHED.val
 # inserted), so a notification's firing alerts cost one round trip, storm or not.
 _INSERT_FIRING = (
     "WITH ins AS (INSERT INTO incidents (fingerprint, starts_at, alertname, alert_status, state, playbook,"
-    " target, target_index, labels, annotations, note, source, created_at, updated_at)"
-    " SELECT f, s, a, 'firing', st, p, t, ti, l, an, n, src, $12, $12"
+    " target, target_index, labels, annotations, note, source, created_at, updated_at, links)"
+    " SELECT f, s, a, 'firing', st, p, t, ti, l, an, n, src, $12, $12, lk"
     " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],"
-    " $8::text[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY AS u(f, s, a, st, p, t, ti, l, an, n, src, o)"
+    " $8::text[], $9::text[], $10::text[], $11::text[], $14::text[])"
+    " WITH ORDINALITY AS u(f, s, a, st, p, t, ti, l, an, n, src, lk, o)"
     " ORDER BY o ON CONFLICT ON CONSTRAINT incidents_alert_once DO NOTHING"
     " RETURNING id, fingerprint, starts_at, playbook, target)"
     " SELECT ins.id, ins.fingerprint, ins.starts_at, (SELECT min(i.id) FROM incidents AS i"
@@ -241,6 +242,7 @@ class IngestMixin(MovesMixin):
             [it.source for it in items],
             now,
             OPEN_STATES,
+            [strings_json(it.links) if it.links else "{}" for it in items],
         )
         parents = {int(r["id"]): int(r["parent"]) for r in rows if r["parent"] is not None}
         ids: dict[tuple[str, str], int] = {(r["fingerprint"], r["starts_at"]): int(r["id"]) for r in rows}
