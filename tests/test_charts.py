@@ -30,7 +30,17 @@ from PIL import Image
 
 from bot.alerts import Notification
 from bot.app import create_app
-from bot.charts import ACTION_COLOR, ALERT_COLOR, LINE_COLORS, ChartInfo, Line, Mark, render_png
+from bot.charts import (
+    ACTION_COLOR,
+    ALERT_COLOR,
+    LINE_COLORS,
+    MAX_CHART_BYTES,
+    ChartInfo,
+    Line,
+    Mark,
+    chart_bytes,
+    render_png,
+)
 from bot.chat.console import ConsoleNotifier
 from bot.chat.slack_settings import SlackSettings
 from bot.config import load_config
@@ -241,6 +251,17 @@ async def test_the_console_prints_the_chart_path(
     path = chart.data["chart_path"]
     assert Path(path).read_bytes()[:8] == PNG and Path(path).parent == tmp_path / "charts"
     assert f"chart (chart): {path}" in out.getvalue()
+
+
+def test_only_a_png_under_the_size_cap_is_kept(tmp_path: Path) -> None:
+    """What the store keeps of a chart (and the page shows): a PNG file of at most 3 MB."""
+    small, big, other = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.txt"
+    small.write_bytes(PNG + b"x" * 100)
+    big.write_bytes(PNG + b"x" * MAX_CHART_BYTES)
+    other.write_bytes(PNG)
+    assert chart_bytes(small) == small.read_bytes()
+    assert chart_bytes(big) is None and chart_bytes(other) is None
+    assert chart_bytes(tmp_path / "missing.png") is None and MAX_CHART_BYTES == 3 * 1024 * 1024
 
 
 async def test_a_chart_drawn_by_one_replica_is_shown_on_another_replicas_page(

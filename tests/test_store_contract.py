@@ -587,6 +587,31 @@ async def test_notifications_that_wait_together_commit_together_each_with_its_ow
         await store.close()
 
 
+async def test_two_ingest_transactions_at_most_and_groups_of_64_at_most(pg_url: str) -> None:
+    """Per store: a third notification waits while two ingest transactions run; a queue of 70
+    waiting notifications is written as 64 + 6."""
+    store = await PostgresStore(pg_url).open()
+    blocker = await asyncpg.connect(pg_url)
+    keys = [(JOIN_LOCK_NAMESPACE, lock_key(f"evict\nt-{n}")) for n in ("one", "two")]
+    try:
+        for key in keys:
+            await blocker.execute("SELECT pg_advisory_lock($1, $2)", *key)
+        held = [asyncio.ensure_future(store.ingest([item(n, target=f"t-{n}")])) for n in ("one", "two")]
+        await wait_for(lambda: store._ingest_running == 2)
+        waiting = [asyncio.ensure_future(store.ingest([item(f"w{i}", target=f"t-w{i}")])) for i in range(70)]
+        await wait_for(lambda: len(store._ingest_queue) == 70)
+        assert store._ingest_running == 2, "the others wait"
+        before = store.ingest_transactions
+        for key in keys:
+            await blocker.execute("SELECT pg_advisory_unlock($1, $2)", *key)
+        await asyncio.gather(*held, *waiting)
+        assert store.ingest_transactions == before + 2 + 2, "the two held, then 64 + 6"
+        assert all(len(w.result().new) == 1 for w in waiting)
+    finally:
+        await blocker.close()
+        await store.close()
+
+
 async def test_one_failing_notification_does_not_fail_its_group_on_postgresql(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
