@@ -677,6 +677,38 @@ async def test_database_down_is_a_store_error_and_the_store_recovers(own_pg: Pos
         await store.close()
 
 
+async def test_a_group_fails_at_once_when_the_database_goes_away(own_pg: PostgresServer) -> None:
+    """Retrying a group one notification at a time is for a statement the server refused: with the
+    database gone, the waiting notifications fail together (503s now, not one timeout each)."""
+    store = await PostgresStore(
+        own_pg.url, ingest_groups=1, connect_timeout=1.0, acquire_timeout=1.0, command_timeout=2.0
+    ).open()
+    blocker = await asyncpg.connect(own_pg.url)
+    tried: list[int] = []
+    real = store._ingest_tx
+
+    async def counted(batches: Any) -> Any:
+        tried.append(len(batches))
+        return await real(batches)
+
+    store._ingest_tx = counted  # type: ignore[method-assign]
+    try:
+        key = (JOIN_LOCK_NAMESPACE, lock_key("evict\nt-first"))
+        await blocker.execute("SELECT pg_advisory_lock($1, $2)", *key)
+        first = asyncio.ensure_future(store.ingest([item("first", target="t-first")]))
+        await wait_for(lambda: tried == [1])
+        waiting = [store.ingest([item(f"w{i}", target=f"t-w{i}")]) for i in range(10)]
+        queued = asyncio.gather(*waiting, return_exceptions=True)
+        await wait_for(lambda: len(store._ingest_queue) == 10)
+        await asyncio.to_thread(own_pg.stop)
+        outcomes = [await asyncio.gather(first, return_exceptions=True), *await queued]
+        assert all(isinstance(o, StoreError) for o in [outcomes[0][0], *outcomes[1:]]), outcomes
+        assert tried == [1, 10], "the group once, not again one by one"
+    finally:
+        await store.close()
+        blocker.terminate()
+
+
 async def _pings(store: Store) -> bool:
     try:
         await store.ping()

@@ -22,8 +22,9 @@ WAL flush however many notifications it holds, so under load the cost per notifi
 instead of the queue for the pool growing; a notification alone is written at once, as before.
 Within a group the notifications are applied in arrival order, exactly as if each had its own
 transaction (a repeat in a later one is a duplicate; the unique key still decides across
-replicas). If the group fails (not a deadlock, which is retried whole), each notification is tried
-again in a transaction of its own, so a bad one cannot fail the others.
+replicas). If the server refuses a statement of the group (not a deadlock, which is retried
+whole), each notification is tried again in a transaction of its own, so a bad one cannot fail the
+others; if the database is unreachable, they all fail at once (503, and Alertmanager retries).
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 import pydantic_core
 
 from bot import lifecycle
+from bot.errors import StoreError
 from bot.incidents import ApprovalState, IncidentState, StepStatus
 from bot.lifecycle import Event
 from bot.store.postgres.base import Conn, lock_key, storable
@@ -82,6 +85,22 @@ Audit = tuple[str, int | None, str | None, str | None, str | None, str]
 def _resolved_state(current: str) -> str:
     """Unmatched and merged records keep their state: they never ran a playbook of their own."""
     return current if current in (_UNMATCHED, _MERGED) else IncidentState.RESOLVED.value
+
+
+def _retry_alone(exc: BaseException) -> bool:
+    """Whether a failed group is worth trying again one notification at a time: a statement the
+    server refused (what one notification carried may be at fault), not the database unreachable,
+    shutting down, out of resources or too slow (every notification would fail again, each after a
+    timeout of its own, and the webhook's 503s would come late)."""
+    cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+    unreachable = (
+        asyncpg.exceptions.PostgresConnectionError,
+        asyncpg.exceptions.OperatorInterventionError,  # shutdown, cannot connect now, query cancelled
+        asyncpg.exceptions.InsufficientResourcesError,
+    )
+    if isinstance(cause, unreachable):
+        return False
+    return isinstance(cause, asyncpg.PostgresError) or not isinstance(exc, StoreError)
 
 
 def _joins(it: IngestItem) -> bool:
@@ -161,8 +180,8 @@ class IngestMixin(MovesMixin):
             results: list[IngestResult | BaseException] = list(await self._ingest_tx(batches))
             return results
         except Exception as exc:
-            if len(batches) == 1:
-                return [exc]
+            if len(batches) == 1 or not _retry_alone(exc):
+                return [exc] * len(batches)
         out: list[IngestResult | BaseException] = []
         for items in batches:
             try:
