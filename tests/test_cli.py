@@ -1,7 +1,8 @@
 """The command line as users script against it: check, run, incidents, approve/deny, audit, kill-switch.
 
-The commands that decide and record (approve and deny from another process, the kill switch) run
-on both stores (``database_line``)."""
+Approving from another process (the CLI's decision, claim and action through the store) runs on both
+stores (``database_line``); the other commands' store calls are covered on both by the store contract.
+"""
 
 from __future__ import annotations
 
@@ -121,10 +122,10 @@ def test_run_then_approve_from_another_process(
 
 
 def test_deny_records_who_and_changes_nothing(
-    database_line: str, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=50)
-    cfg = write_config(tmp_path, redis_server.url, database_line)
+    cfg = write_config(tmp_path, redis_server.url)
     cli("run", "redis-memory-high", "--config", str(cfg))
     out = cli("deny", "1", "--config", str(cfg), "--as", "bob")
     bob = cli_actor("bob").label
@@ -134,11 +135,9 @@ def test_deny_records_who_and_changes_nothing(
     assert inc["status"] == "diagnosed" and f"denied by {bob}" in inc["note"]
 
 
-def test_kill_switch_round_trip(
-    database_line: str, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
-) -> None:
+def test_kill_switch_round_trip(tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis) -> None:
     seed_platform(redis_sync, agents=50)
-    cfg = write_config(tmp_path, redis_server.url, database_line)
+    cfg = write_config(tmp_path, redis_server.url)
     assert "kill switch: off" in cli("kill-switch", "status", "--config", str(cfg)).stdout
     on = cli("kill-switch", "on", "--config", str(cfg), "--reason", "investigating")
     assert "kill switch: ON" in on.stdout and "investigating" in on.stdout

@@ -938,7 +938,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert not gates, f"step runs {[g['id'] for g in gates]} wait for an approval nobody can give"
 
 
-EXAMPLES = {"sqlite": 40, "postgres": 20}
+EXAMPLES = {"sqlite": 40, "postgres": 15}
 """Examples per run, by backend (PostgreSQL: a database per example and a round trip per
 statement make each example slower; the rules and invariants are the same)."""
 
