@@ -34,6 +34,17 @@ MARKERS_BELOW = 40
 """Series with fewer points than this get a marker on each point."""
 MIN_SPAN = 30.0
 """Seconds the time axis spans at least (one point, or all points at one instant)."""
+MAX_CHART_BYTES = 3 * 1024 * 1024
+"""A chart bigger than this is neither kept in the store nor shown on the incident page."""
+
+
+def chart_bytes(path: str | Path) -> bytes | None:
+    """The PNG at ``path``, or None when it is not a PNG file or is over :data:`MAX_CHART_BYTES`
+    (blocking: callers in the event loop use ``asyncio.to_thread``)."""
+    p = Path(path)
+    if p.suffix != ".png" or not p.is_file() or p.stat().st_size > MAX_CHART_BYTES:
+        return None
+    return p.read_bytes()
 
 
 @dataclass(frozen=True)

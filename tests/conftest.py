@@ -218,4 +218,12 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05
 
 # -- PostgreSQL: a real server per session, and the store contract on both backends ---------------
 
-from tests.pg import backend, database_line, database_url, pg_server, pg_url, store  # noqa: E402, F401
+from tests.pg import (  # noqa: E402, F401
+    asked_database_line,
+    backend,
+    database_line,
+    database_url,
+    pg_server,
+    pg_url,
+    store,
+)

@@ -84,11 +84,18 @@ def scans(r: redis.Redis) -> int:
 
 @pytest.fixture
 async def storm_app(
-    aiohttp_client: Any, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+    aiohttp_client: Any,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_sync: redis.Redis,
+    database_line: str,
 ) -> tuple[TestClient[Any, Any], RecordingNotifier]:
+    """The service on each backend (storms are joined by the store's ingest)."""
     seed_platform(redis_sync, agents=300)
     notifier = RecordingNotifier()
-    app = create_app(storm_config(tmp_path, redis_server.url), notifier=notifier, webhook_token=TOKEN)
+    app = create_app(
+        storm_config(tmp_path, redis_server.url, database_line), notifier=notifier, webhook_token=TOKEN
+    )
     client: TestClient[Any, Any] = await aiohttp_client(app)
     return client, notifier
 
@@ -206,11 +213,11 @@ def item(config: Config, alertname: str, playbook: str, job: str, fingerprint: s
 
 
 async def test_a_new_target_is_run_before_another_targets_backlog_drains(
-    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+    database_line: str, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
 ) -> None:
     """30 incidents queued for target A (hand-started, so none merges), then one for B; one worker.
     The order the runner starts them (its step runs, in id order) puts B second, not 31st."""
-    config = storm_config(tmp_path, redis_server.url, "runner: {concurrency: 1}\n")
+    config = storm_config(tmp_path, redis_server.url, "runner: {concurrency: 1}\n" + database_line)
     async with Engine.open(config, RecordingNotifier(), workers=False) as engine:
         backlog = [
             await engine.store.open_incident(item(config, "TestOther", "other-test", "redis", f"a{i}"))
@@ -233,9 +240,9 @@ async def test_a_new_target_is_run_before_another_targets_backlog_drains(
 
 
 async def test_an_incident_beyond_the_per_target_bound_is_closed_with_a_note(
-    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+    database_line: str, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
 ) -> None:
-    config = storm_config(tmp_path, redis_server.url)
+    config = storm_config(tmp_path, redis_server.url, database_line)
     notifier = RecordingNotifier()
     async with Engine.open(config, notifier, workers=False) as engine:
         for i in range(QUEUE_PER_TARGET):

@@ -12,6 +12,7 @@ when the alert fired and when the action ran. The console prints the PNG's path.
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
 import io
 import math
@@ -29,7 +30,17 @@ from PIL import Image
 
 from bot.alerts import Notification
 from bot.app import create_app
-from bot.charts import ACTION_COLOR, ALERT_COLOR, LINE_COLORS, ChartInfo, Line, Mark, render_png
+from bot.charts import (
+    ACTION_COLOR,
+    ALERT_COLOR,
+    LINE_COLORS,
+    MAX_CHART_BYTES,
+    ChartInfo,
+    Line,
+    Mark,
+    chart_bytes,
+    render_png,
+)
 from bot.chat.console import ConsoleNotifier
 from bot.chat.slack_settings import SlackSettings
 from bot.config import load_config
@@ -39,6 +50,7 @@ from bot.localstack import Prometheus, Stack
 from bot.prom import PromClient
 from bot.redisconn import RedisTarget
 from bot.steps import REGISTRY, StepContext
+from bot.web.links import TOKEN_ENV
 from tests.conftest import RedisServer, alert_payload, seed_platform
 from tests.slack_fake import SlackFake
 from tests.test_slack import ALICE, CHANNEL, SECRET, SlackBot
@@ -239,6 +251,58 @@ async def test_the_console_prints_the_chart_path(
     path = chart.data["chart_path"]
     assert Path(path).read_bytes()[:8] == PNG and Path(path).parent == tmp_path / "charts"
     assert f"chart (chart): {path}" in out.getvalue()
+
+
+def test_only_a_png_under_the_size_cap_is_kept(tmp_path: Path) -> None:
+    """What the store keeps of a chart (and the page shows): a PNG file of at most 3 MB."""
+    small, big, other = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.txt"
+    small.write_bytes(PNG + b"x" * 100)
+    big.write_bytes(PNG + b"x" * MAX_CHART_BYTES)
+    other.write_bytes(PNG)
+    assert chart_bytes(small) == small.read_bytes()
+    assert chart_bytes(big) is None and chart_bytes(other) is None
+    assert chart_bytes(tmp_path / "missing.png") is None and MAX_CHART_BYTES == 3 * 1024 * 1024
+
+
+async def test_a_chart_drawn_by_one_replica_is_shown_on_another_replicas_page(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    prometheus: Prometheus,
+    database_line: str,
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replicas keep their chart files on their own disks: the PNG is kept in the store with its
+    step run, so the incident page of a replica that did not draw it shows it (on both backends;
+    the file is deleted first, as another pod's disk would not have it)."""
+    monkeypatch.setenv(TOKEN_ENV, "page-token")
+
+    def replica(name: str) -> Path:
+        folder = tmp_path / name
+        (folder / "playbooks").mkdir(parents=True)
+        (folder / "playbooks" / "chart.yaml").write_text(CHART_PLAYBOOK.split("  - {id: evict")[0])
+        path = folder / "bot.yaml"
+        path.write_text(
+            f"targets:\n  - match: {{job: redis}}\n    name: cache\n    url: {redis_server.url}\n"
+            f"playbooks: playbooks\nscheduler: {{enabled: false}}\nprometheus: {{url: '{prometheus.url}'}}\n"
+            f"state_file: {folder / 'state.sqlite3'}\n{database_line}"
+        )
+        return path
+
+    a, b = load_config(replica("a")), load_config(replica("b"))
+    async with Engine.open(a, ConsoleNotifier(stream=io.StringIO())) as engine:
+        (inc_id,) = (await engine.intake.receive(Notification.model_validate(alert_payload("TestChart")))).new
+        await engine.runner.drain()
+        chart = next(s for s in (await engine.store.get_incident(inc_id)).steps if s.step_id == "chart")
+    drawn = Path(chart.data["chart_path"]).read_bytes()
+    assert drawn[:8] == PNG
+    Path(chart.data["chart_path"]).unlink()
+    client = await aiohttp_client(create_app(b, webhook_token=""))
+    page = await client.get(f"/incidents/{inc_id}", headers={"Authorization": "Bearer page-token"})
+    body = await page.text()
+    assert page.status == 200
+    uris = re.findall(r'<img src="data:image/png;base64,([^"]+)"', body)
+    assert [base64.b64decode(u) for u in uris] == [drawn], "the chart replica A drew, inline"
 
 
 async def test_a_new_series_is_drawn_at_a_finer_step_and_after_the_next_scrape(

@@ -1,4 +1,8 @@
-"""The command line as users script against it: check, run, incidents, approve/deny, audit, kill-switch."""
+"""The command line as users script against it: check, run, incidents, approve/deny, audit, kill-switch.
+
+Approving from another process (the CLI's decision, claim and action through the store) runs on both
+stores (``database_line``); the other commands' store calls are covered on both by the store contract.
+"""
 
 from __future__ import annotations
 
@@ -84,12 +88,12 @@ def test_run_dry_run_then_incidents_and_audit(
 
 
 def test_run_then_approve_from_another_process(
-    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+    database_line: str, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=3000)
     redis_sync.config_set("maxmemory", int(redis_sync.info("memory")["used_memory"] / 0.85))
     # One operator without Slack: who runs the playbook may approve it (see test_identity for the rule).
-    cfg = write_config(tmp_path, redis_server.url, "approvals: {allow_self_approval: true}\n")
+    cfg = write_config(tmp_path, redis_server.url, "approvals: {allow_self_approval: true}\n" + database_line)
     out = cli("run", "redis-memory-high", "--config", str(cfg))
     assert out.returncode == 0, out.stderr
     assert "APPROVAL NEEDED for evict-agent-cache" in out.stdout

@@ -3,16 +3,17 @@
 Why: the unit tests each walk one path through incident, step-run and approval states; the defects
 of issue 11 lived on paths nobody wrote down (a decision after the TTL, the kill switch between the
 request and the decision, a restart between claim and execution). Here Hypothesis drives random
-interleavings of everything that can happen to an incident, against the real SQLite store, the real
-engine (``Engine(workers=False)``: the test runs incidents itself, so every rule ends with the
-engine quiet) and a real ``redis-server``, and after EVERY step checks the invariants the issue
-names, by reading the SQLite file directly (read-only connections) and Redis:
+interleavings of everything that can happen to an incident, against the real store (SQLite, and
+PostgreSQL: the same rules and invariants on both, fewer examples on PostgreSQL), the real engine
+(``Engine(workers=False)``: the test runs incidents itself, so every rule ends with the engine
+quiet) and a real ``redis-server``, and after EVERY step checks the invariants the issue names, by
+reading the tables directly (:class:`tests.pg.RawDB`: the same SQL on both backends) and Redis:
 
 1. an incident is ``awaiting_approval`` iff exactly one of its approvals is ``pending``;
 2. no action ran without an approved plan whose hash matches, with enough distinct approvers
    (checked on the audit trail AND on Redis: agent/tmp keys only ever disappear in a step in which
    an ``action.executed`` record appears, and protected keys never do), never in a step that began
-   with the kill switch on or the breaker open (worked out from the state file, not by the
+   with the kill switch on or the breaker open (worked out from the tables, not by the
    engine's code), and no decision is added to an approval after its deadline;
 3. each approval executes at most once (audit records per plan, and what the engine reported);
 4. every state change has its audit record (exact counts per approval and per step status);
@@ -38,13 +39,13 @@ Below the machine: regression tests for what it found.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
-import sqlite3
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,11 +70,14 @@ from bot.engine import Engine
 from bot.errors import ApprovalError, NotFound
 from bot.incidents import ApprovalState, IncidentState, StepStatus, iso
 from bot.lifecycle import AlertStatus
+from bot.localpg import PostgresServer
 from bot.runner import KILL_SWITCH, DecisionReport
 from bot.steps import Plan
 from tests.conftest import RecordingNotifier, RedisServer, alert_payload, person
+from tests.pg import RawDB
 
 T = TypeVar("T")
+Row = Mapping[str, Any]
 
 DEAD_OWNER = "otherhost:1"
 """Owner of the work a simulated process left when it died (another host's, holding no lease:
@@ -202,9 +206,10 @@ class AlertRef:
         )
 
 
-def make_config(workdir: Path, port: int) -> Config:
+def make_config(workdir: Path, port: int, database_url: str | None = None) -> Config:
     """Two targets on one redis-server: ``cache`` (db 0: the agent cache plus protected sessions and
-    queues) and ``scratch`` (db 1: throwaway ``tmp:*`` keys that the FLUSHDB playbook may flush)."""
+    queues) and ``scratch`` (db 1: throwaway ``tmp:*`` keys that the FLUSHDB playbook may flush).
+    The store: ``database_url`` (PostgreSQL), else the default SQLite ``state_file``."""
     pb = workdir / "playbooks"
     pb.mkdir(parents=True, exist_ok=True)
     (pb / "evict.yaml").write_text(EVICT)
@@ -218,7 +223,7 @@ def make_config(workdir: Path, port: int) -> Config:
         "protected_patterns: ['sess:*']\n"
         "approvals: {ttl: 1h}\n"
         f"guardrails: {{max_actions_per_hour: 6, pause_after_failures: 2, max_keys_per_run: {MAX_KEYS}}}\n"
-        "runner: {redis_timeout: 5s}\n"
+        "runner: {redis_timeout: 5s}\n" + (f"database_url: {database_url}\n" if database_url else "")
     )
     return load_config(path)
 
@@ -271,14 +276,22 @@ async def decide_elsewhere(engine: Engine, approval_id: int, names: list[str]) -
         )
 
 
-class LifecycleMachine(RuleBasedStateMachine):
-    """Random lifecycle events against one engine (restarted now and then) and one state file."""
+_databases = itertools.count(1)
 
-    def __init__(self, server: RedisServer) -> None:
+
+class LifecycleMachine(RuleBasedStateMachine):
+    """Random lifecycle events against one engine (restarted now and then) and one store: a fresh
+    SQLite file, or (``pg`` given) a fresh PostgreSQL database, for every example."""
+
+    def __init__(self, server: RedisServer, pg: PostgresServer | None = None) -> None:
         super().__init__()
         self.server = server
+        self.pg = pg
         self.workdir = Path(tempfile.mkdtemp(prefix="lifecycle-sm-"))
-        self.config = make_config(self.workdir, server.port)
+        self.database = f"lifecycle_sm_{next(_databases)}"
+        url = pg.create_database(self.database) if pg else None
+        self.config = make_config(self.workdir, server.port, url)
+        self.db = RawDB(url or f"sqlite://{self.config.state_file}")
         self.notifier = RecordingNotifier()
         self.engine = Engine(self.config, notifier=self.notifier, workers=False)
         self.loop = asyncio.new_event_loop()
@@ -318,28 +331,18 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert not still, f"background tasks did not finish: {still}"
         raise AssertionError("background tasks keep spawning others")
 
-    def q(self, sql: str, *args: Any) -> list[sqlite3.Row]:
-        """Read the state file as another process would: a fresh read-only connection each time
-        (one kept open across a restart could keep reading the WAL index the old store deleted)."""
+    def q(self, sql: str, *args: Any) -> list[Row]:
+        """Read the store's tables as another process would (SQL with ``?`` placeholders)."""
         assert self.started
-        conn = sqlite3.connect(f"file:{self.config.state_file}?mode=ro", uri=True, timeout=10)
-        conn.row_factory = sqlite3.Row
-        try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
+        return self.db.q(sql, *args)
 
     def write(self, sql: str, *args: Any) -> None:
-        """A direct write to the state file (another process, or time passing: said at each use)."""
-        conn = sqlite3.connect(self.config.state_file, timeout=10, isolation_level=None)
-        try:
-            conn.execute(sql, args)
-        finally:
-            conn.close()
+        """A direct write to the store (another process, or time passing: said at each use)."""
+        self.db.write(sql, *args)
 
-    def deadline_passes(self, approvals: list[sqlite3.Row]) -> None:
+    def deadline_passes(self, approvals: list[Row]) -> None:
         """Simulates time passing beyond these approvals' deadlines: each ``expires_at`` is moved
-        one second into the past in the state file, as the clock would. From now on nobody may add
+        one second into the past in the store, as the clock would. From now on nobody may add
         a decision to them (the model remembers how many they had)."""
         for ap in approvals:
             self.write("UPDATE approvals SET expires_at = ? WHERE id = ?", time.time() - 1, ap["id"])
@@ -353,7 +356,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         n = self.serial_no()
         return f"2026-11-25T{10 + n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}.000Z"
 
-    def pending(self) -> list[sqlite3.Row]:
+    def pending(self) -> list[Row]:
         return self.q("SELECT * FROM approvals WHERE state = 'pending' ORDER BY id")
 
     def matched_incidents(self) -> list[int]:
@@ -384,7 +387,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        """A fresh state file and a freshly seeded Redis for every example."""
+        """A fresh store and a freshly seeded Redis for every example."""
         seed(self.r0, self.r1)
         self.run(self.engine.start())
         self.started = True
@@ -396,9 +399,12 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         finally:
             self.loop.close()
+            self.db.close()
             self.r0.close()
             self.r1.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
+            if self.pg:
+                self.pg.drop_database(self.database)
 
     # -- alerts ---------------------------------------------------------------------------------
 
@@ -632,7 +638,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     def recover(self, how: str) -> None:
         """What a dead process left is recovered:
 
-        - ``restart``: the bot stops and starts again on the same state file: what a dead process
+        - ``restart``: the bot stops and starts again on the same store: what a dead process
           left running is interrupted (never re-run), unfinished diagnostics resume; either the
           real ``Runner.start`` does it (its workers run the resumed incidents; they are stopped
           once the queue is drained, so the test drives the engine alone again), or the test does
@@ -747,7 +753,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.guard = {t: self.guard_reason(t) for t in TARGET.values()}
 
     def guard_reason(self, target: str) -> str | None:
-        """Why no action may run on ``target`` now, worked out from the state file by the rules the
+        """Why no action may run on ``target`` now, worked out from the tables by the rules the
         README states (not by the engine's own code, which is what is under test)."""
         if self.q("SELECT value FROM settings WHERE key = ?", KILL_SWITCH):
             return "the kill switch is on"
@@ -932,45 +938,54 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert not gates, f"step runs {[g['id'] for g in gates]} wait for an approval nobody can give"
 
 
-SETTINGS = settings(
-    max_examples=40,
-    stateful_step_count=20,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
+EXAMPLES = {"sqlite": 40, "postgres": 15}
+"""Examples per run, by backend (PostgreSQL: a database per example and a round trip per
+statement make each example slower; the rules and invariants are the same)."""
 
 
-@pytest.mark.timeout(600)  # passes in ~15 s; a failure is shrunk (Hypothesis stops after 5 min)
-def test_lifecycle_holds_its_invariants_under_random_events(redis_server: RedisServer) -> None:
+def machine_settings(backend: str) -> settings:
+    return settings(
+        max_examples=EXAMPLES[backend],
+        stateful_step_count=20,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+
+
+@pytest.mark.timeout(600)  # passes in ~15 s per backend; a failure is shrunk (Hypothesis stops after 5 min)
+def test_lifecycle_holds_its_invariants_under_random_events(
+    redis_server: RedisServer, backend: str, request: pytest.FixtureRequest
+) -> None:
+    pg: PostgresServer | None = request.getfixturevalue("pg_server") if backend == "postgres" else None
+
     class OnThisServer(LifecycleMachine):
         def __init__(self) -> None:
-            super().__init__(redis_server)
+            super().__init__(redis_server, pg)
 
-    run_state_machine_as_test(OnThisServer, settings=SETTINGS)
+    run_state_machine_as_test(OnThisServer, settings=machine_settings(backend))
 
 
 # -- regressions found by the machine ------------------------------------------------------------
 
 
 @pytest.fixture
-async def engine(tmp_path: Path, redis_server: RedisServer) -> Any:
+async def engine(tmp_path: Path, redis_server: RedisServer, database_url: str) -> Any:
+    """An engine on each backend (``database_url`` is parametrised)."""
     r0, r1 = redis_server.sync_client(0), redis_server.sync_client(1)
     seed(r0, r1)
     r0.close()
     r1.close()
-    config = make_config(tmp_path, redis_server.port)
+    pg_url = database_url if not database_url.startswith("sqlite://") else None
+    config = make_config(tmp_path, redis_server.port, pg_url)
     async with Engine.open(config, RecordingNotifier(), workers=False) as e:
         yield e
 
 
-def died_elsewhere(engine: Engine, table: str, row_id: int) -> None:
-    """Make a record's owner a process that is gone (another host's), as the state file of a
-    process that died would show it."""
-    conn = sqlite3.connect(engine.config.state_file, timeout=10, isolation_level=None)
-    try:
-        conn.execute(f"UPDATE {table} SET owner = ? WHERE id = ?", (DEAD_OWNER, row_id))
-    finally:
-        conn.close()
+async def died_elsewhere(engine: Engine, table: str, row_id: int) -> None:
+    """Make a record's owner a process that is gone (another host's), as the store of a process
+    that died would show it."""
+    db = RawDB(engine.config.database_url or f"sqlite://{engine.config.state_file}")
+    await db.awrite(f"UPDATE {table} SET owner = ? WHERE id = ?", DEAD_OWNER, row_id)
 
 
 async def fire_evict(engine: Engine) -> int:
@@ -988,7 +1003,7 @@ async def test_restart_closes_the_step_of_an_approved_action_that_never_started(
     pending = await engine.store.pending_approval(inc_id)
     assert pending is not None
     await decide_elsewhere(engine, pending.id, ["alice"])
-    died_elsewhere(engine, "approvals", pending.id)
+    await died_elsewhere(engine, "approvals", pending.id)
     assert await engine.store.interrupt_orphans() == [inc_id]  # what the restarted bot does first
     inc = await engine.store.get_incident(inc_id)
     assert (await engine.store.get_approval(pending.id)).state == ApprovalState.INTERRUPTED
@@ -1005,7 +1020,7 @@ async def test_a_diagnostic_step_interrupted_by_a_restart_is_audited(engine: Eng
     (inc_id,) = (await engine.intake.receive(alert.notification())).new
     assert await engine.store.begin(inc_id)
     run_id = await engine.store.start_step(inc_id, 0, "ping", "redis.ping", False)
-    died_elsewhere(engine, "step_runs", run_id)
+    await died_elsewhere(engine, "step_runs", run_id)
     assert await engine.store.interrupt_orphans() == []  # no action was interrupted
     assert (await engine.store.get_step_run(run_id)).status == StepStatus.INTERRUPTED
     records = [a for a in await engine.store.list_audit(incident_id=inc_id) if a.kind == "step.interrupted"]

@@ -1,4 +1,7 @@
-"""Guarded remediation against a real redis-server: plans, approvals, guardrails, audit, restarts."""
+"""Guarded remediation against a real redis-server: plans, approvals, guardrails, audit, restarts.
+
+The tests of decisions, approvals, guardrails and restarts take ``backend``: they run on SQLite and
+on PostgreSQL (``bot_config`` adds the store's line)."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from bot.incidents import ApprovalState, IncidentState, StepStatus, iso
 from bot.playbook import load_playbooks
 from bot.runner import KILL_SWITCH
 from tests.conftest import RecordingNotifier, RedisServer, alert_payload, person, seed_platform, wait_for
+from tests.pg import RawDB
 
 PLAYBOOK = """\
 name: evict-test
@@ -91,7 +95,11 @@ async def approve_in_store(store: Any, approval_id: int, who: str) -> Any:
 
 
 @pytest.fixture
-def bot_config(tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis) -> Any:
+def bot_config(
+    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis, asked_database_line: str
+) -> Any:
+    """Config factory; the store is PostgreSQL as well for a test that takes ``backend``."""
+
     def make(extra: str = "") -> Config:
         pb = tmp_path / "playbooks"
         pb.mkdir(exist_ok=True)
@@ -100,7 +108,7 @@ def bot_config(tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redi
         path = tmp_path / "bot.yaml"
         path.write_text(
             f"targets:\n  - match: {{job: redis}}\n    url: {redis_server.url}\n    maxmemory_ceiling: 512mb\n"
-            f"playbooks: playbooks\nprotected_patterns: ['sess:*']\n{extra}"
+            f"playbooks: playbooks\nprotected_patterns: ['sess:*']\n{extra}{asked_database_line}"
         )
         return load_config(path)
 
@@ -220,7 +228,9 @@ async def test_evict_failing_midway_leaves_the_client_usable(target: Any, redis_
     assert res.deleted == left and counts(redis_sync).get("agent", 0) == 0
 
 
-async def test_approved_eviction_runs_verifies_and_is_audited(bot: Bot, redis_sync: redis.Redis) -> None:
+async def test_approved_eviction_runs_verifies_and_is_audited(
+    backend: str, bot: Bot, redis_sync: redis.Redis
+) -> None:
     seed_platform(redis_sync, agents=2000)
     inc_id = await bot.fire("TestEvict")
     inc = await bot.store.get_incident(inc_id)
@@ -256,7 +266,7 @@ async def test_approved_eviction_runs_verifies_and_is_audited(bot: Bot, redis_sy
     assert {e.detail["step"] for e in steps} >= {"memory", "evict", "check"}
 
 
-async def test_second_decision_is_told_who_decided(bot: Bot, redis_sync: redis.Redis) -> None:
+async def test_second_decision_is_told_who_decided(backend: str, bot: Bot, redis_sync: redis.Redis) -> None:
     seed_platform(redis_sync, agents=100)
     inc_id = await bot.fire("TestEvict")
     await bot.runner.decide(inc_id, person("alice"), True)
@@ -266,7 +276,9 @@ async def test_second_decision_is_told_who_decided(bot: Bot, redis_sync: redis.R
     assert len(executed) == 1
 
 
-async def test_concurrent_decisions_in_one_process_execute_once(bot: Bot, redis_sync: redis.Redis) -> None:
+async def test_concurrent_decisions_in_one_process_execute_once(
+    backend: str, bot: Bot, redis_sync: redis.Redis
+) -> None:
     seed_platform(redis_sync, agents=100)
     inc_id = await bot.fire("TestEvict")
     results = await asyncio.gather(
@@ -277,7 +289,7 @@ async def test_concurrent_decisions_in_one_process_execute_once(bot: Bot, redis_
 
 
 async def test_concurrent_approvals_from_two_processes_execute_once(
-    bot: Bot, redis_sync: redis.Redis
+    backend: str, bot: Bot, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=500)
     inc_id = await bot.fire("TestEvict")
@@ -303,7 +315,7 @@ async def test_concurrent_approvals_from_two_processes_execute_once(
     assert counts(redis_sync).get("agent", 0) == 0
 
 
-async def test_plan_grown_past_margin_asks_again(bot: Bot, redis_sync: redis.Redis) -> None:
+async def test_plan_grown_past_margin_asks_again(backend: str, bot: Bot, redis_sync: redis.Redis) -> None:
     seed_platform(redis_sync, agents=1000)
     inc_id = await bot.fire("TestEvict")
     first = (await bot.store.get_incident(inc_id)).pending_step
@@ -332,7 +344,7 @@ async def test_small_growth_within_margin_still_executes(bot: Bot, redis_sync: r
 
 
 async def test_expired_approval_is_closed_and_cannot_be_used(
-    bot_config: Any, redis_sync: redis.Redis
+    backend: str, bot_config: Any, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=100)
     async with Bot(bot_config("approvals: {ttl: 0.5s}\n")) as b:
@@ -348,7 +360,9 @@ async def test_expired_approval_is_closed_and_cannot_be_used(
     assert counts(redis_sync)["agent"] == 100
 
 
-async def test_deciding_after_the_deadline_expires_it(bot_config: Any, redis_sync: redis.Redis) -> None:
+async def test_deciding_after_the_deadline_expires_it(
+    backend: str, bot_config: Any, redis_sync: redis.Redis
+) -> None:
     seed_platform(redis_sync, agents=10)
     async with Bot(bot_config("approvals: {ttl: 0.3s}\n")) as b:
         inc_id = await b.fire("TestEvict")
@@ -363,7 +377,9 @@ async def test_deciding_after_the_deadline_expires_it(bot_config: Any, redis_syn
     assert counts(redis_sync)["agent"] == 10
 
 
-async def test_pending_approval_survives_a_restart(bot_config: Any, redis_sync: redis.Redis) -> None:
+async def test_pending_approval_survives_a_restart(
+    backend: str, bot_config: Any, redis_sync: redis.Redis
+) -> None:
     seed_platform(redis_sync, agents=200)
     config = bot_config()
     async with Bot(config) as b1:
@@ -377,7 +393,7 @@ async def test_pending_approval_survives_a_restart(bot_config: Any, redis_sync: 
 
 
 async def test_interrupted_action_is_not_rerun_after_restart(
-    bot_config: Any, redis_sync: redis.Redis
+    backend: str, bot_config: Any, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=50)
     config = bot_config()
@@ -406,7 +422,9 @@ async def test_interrupted_action_is_not_rerun_after_restart(
     assert counts(redis_sync)["agent"] == 50
 
 
-async def test_resolved_alert_cancels_the_pending_approval(bot: Bot, redis_sync: redis.Redis) -> None:
+async def test_resolved_alert_cancels_the_pending_approval(
+    backend: str, bot: Bot, redis_sync: redis.Redis
+) -> None:
     seed_platform(redis_sync, agents=100)
     inc_id = await bot.fire("TestEvict")
     await bot.fire("TestEvict", "resolved")
@@ -419,7 +437,9 @@ async def test_resolved_alert_cancels_the_pending_approval(bot: Bot, redis_sync:
     assert counts(redis_sync)["agent"] == 100
 
 
-async def test_circuit_breaker_escalates_after_n_actions(bot_config: Any, redis_sync: redis.Redis) -> None:
+async def test_circuit_breaker_escalates_after_n_actions(
+    backend: str, bot_config: Any, redis_sync: redis.Redis
+) -> None:
     async with Bot(bot_config("guardrails: {max_actions_per_hour: 1}\n")) as b:
         seed_platform(redis_sync, agents=20)
         first = await b.fire("TestEvict", fingerprint="a")
@@ -433,7 +453,9 @@ async def test_circuit_breaker_escalates_after_n_actions(bot_config: Any, redis_
     assert counts(redis_sync)["agent"] == 20
 
 
-async def test_circuit_breaker_pauses_after_consecutive_failures(bot: Bot, redis_sync: redis.Redis) -> None:
+async def test_circuit_breaker_pauses_after_consecutive_failures(
+    backend: str, bot: Bot, redis_sync: redis.Redis
+) -> None:
     target = bot.config.targets[0].resolve({}).name
     for _ in range(2):
         await bot.store.audit("action.executed", target=target, detail={"ok": False})
@@ -441,7 +463,7 @@ async def test_circuit_breaker_pauses_after_consecutive_failures(bot: Bot, redis
     assert reason is not None and "the last 2 actions" in reason
 
 
-async def test_kill_switch_stops_all_actions(bot: Bot, redis_sync: redis.Redis) -> None:
+async def test_kill_switch_stops_all_actions(backend: str, bot: Bot, redis_sync: redis.Redis) -> None:
     seed_platform(redis_sync, agents=20)
     inc_id = await bot.fire("TestEvict", fingerprint="k1")
     await bot.store.set_setting(KILL_SWITCH, "on: testing", actor="ops")
@@ -490,7 +512,7 @@ async def test_flushdb_refused_while_queue_keys_exist(bot: Bot, redis_sync: redi
     assert redis_sync.dbsize() == 94
 
 
-async def test_flushdb_needs_two_distinct_approvers(bot: Bot, redis_sync: redis.Redis) -> None:
+async def test_flushdb_needs_two_distinct_approvers(backend: str, bot: Bot, redis_sync: redis.Redis) -> None:
     for i in range(100):
         redis_sync.set(f"agent:{i}", "v")
     inc_id = await bot.fire("TestFlush")
@@ -720,7 +742,7 @@ async def test_each_templated_target_gets_its_own_client(
 
 
 async def test_an_approval_cannot_be_claimed_after_the_alert_resolved(
-    bot: Bot, redis_sync: redis.Redis
+    backend: str, bot: Bot, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=10)
     inc_id = await bot.fire("TestEvict")
@@ -732,7 +754,9 @@ async def test_an_approval_cannot_be_claimed_after_the_alert_resolved(
     assert counts(redis_sync)["agent"] == 10
 
 
-async def test_a_decision_is_bound_to_the_plan_that_was_shown(bot: Bot, redis_sync: redis.Redis) -> None:
+async def test_a_decision_is_bound_to_the_plan_that_was_shown(
+    backend: str, bot: Bot, redis_sync: redis.Redis
+) -> None:
     seed_platform(redis_sync, agents=10)
     inc_id = await bot.fire("TestEvict")
     with pytest.raises(ApprovalError, match="plan changed since you looked"):
@@ -741,6 +765,8 @@ async def test_a_decision_is_bound_to_the_plan_that_was_shown(bot: Bot, redis_sy
 
 
 async def test_restart_leaves_work_of_a_live_process_alone(bot_config: Any, redis_sync: redis.Redis) -> None:
+    """SQLite: a process on this host is alive while its pid is (on PostgreSQL its lease decides:
+    tests/test_leases.py)."""
     import socket
 
     seed_platform(redis_sync, agents=10)
@@ -794,7 +820,7 @@ async def test_eviction_growing_past_the_approved_size_stops(target: Any, redis_
 
 
 async def test_a_decided_but_unstarted_action_is_interrupted_after_a_restart(
-    bot_config: Any, redis_sync: redis.Redis
+    backend: str, bot_config: Any, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=10)
     config = bot_config()
@@ -803,11 +829,8 @@ async def test_a_decided_but_unstarted_action_is_interrupted_after_a_restart(
         pending = (await b1.store.get_incident(inc_id)).pending_step
         assert pending is not None
         await approve_in_store(b1.store, pending["approval_id"], "alice")
-        await b1.store._run(
-            b1.store.conn.execute,
-            "UPDATE approvals SET owner = 'elsewhere:1' WHERE id = ?",
-            (pending["approval_id"],),
-        )
+        db = RawDB(config.database_url or f"sqlite://{config.state_file}")
+        await db.awrite("UPDATE approvals SET owner = 'elsewhere:1' WHERE id = ?", pending["approval_id"])
     async with Bot(config) as b2:  # the process that claimed it is gone
         inc = await b2.store.get_incident(inc_id)
         assert inc.status == IncidentState.FAILED and "interrupted" in inc.note

@@ -1,4 +1,7 @@
-"""The runner: steps in order, timeouts and failures recorded, stop-or-continue, unmatched alerts, resume."""
+"""The runner: steps in order, timeouts and failures recorded, stop-or-continue, unmatched alerts, resume.
+
+What the store records (step runs, unmatched alerts, a resume after a restart) is checked on both
+backends (``database_line``)."""
 
 from __future__ import annotations
 
@@ -34,26 +37,26 @@ steps:
 }
 
 
-def make_config(tmp_path: Path, url: str) -> Config:
+def make_config(tmp_path: Path, url: str, database_line: str = "") -> Config:
     pb = tmp_path / "playbooks"
     pb.mkdir(exist_ok=True)
     for name, text in PLAYBOOKS.items():
         (pb / name).write_text(text)
     path = tmp_path / "bot.yaml"
     path.write_text(
-        f"targets:\n  - match: {{job: redis}}\n    url: {url}\nplaybooks: playbooks\nrunner: {{redis_timeout: 1s}}\n"
+        f"targets:\n  - match: {{job: redis}}\n    url: {url}\nplaybooks: playbooks\nrunner: {{redis_timeout: 1s}}\n{database_line}"
     )
     return load_config(path)
 
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path, url: str, *, workers: bool = True
+    tmp_path: Path, url: str, *, workers: bool = True, database_line: str = ""
 ) -> AsyncIterator[tuple[Engine, RecordingNotifier]]:
     """The engine as ``serve`` builds it (store, runner, intake); ``workers=False`` persists alerts
     without working on them, like a process that dies before a worker picks them up."""
     notifier = RecordingNotifier()
-    async with Engine.open(make_config(tmp_path, url), notifier, workers=workers) as engine:  # type: ignore[arg-type]
+    async with Engine.open(make_config(tmp_path, url, database_line), notifier, workers=workers) as engine:  # type: ignore[arg-type]
         yield engine, notifier
 
 
@@ -66,9 +69,9 @@ async def fire(engine: Engine, alertname: str, **labels: str) -> list[int]:
 
 
 async def test_steps_run_in_order_and_a_timeout_is_recorded(
-    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+    database_line: str, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
 ) -> None:
-    async with running(tmp_path, redis_server.url) as (engine, notifier):
+    async with running(tmp_path, redis_server.url, database_line=database_line) as (engine, notifier):
         (inc_id,) = await fire(engine, "Flow")
         inc = await engine.store.get_incident(inc_id)
     assert [s.step_id for s in inc.steps] == ["ping", "slow", "info"]
@@ -85,9 +88,9 @@ async def test_steps_run_in_order_and_a_timeout_is_recorded(
 
 
 async def test_on_failure_stop_ends_the_playbook(
-    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+    database_line: str, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
 ) -> None:
-    async with running(tmp_path, redis_server.url) as (engine, _):
+    async with running(tmp_path, redis_server.url, database_line=database_line) as (engine, _):
         (inc_id,) = await fire(engine, "Stop")
         inc = await engine.store.get_incident(inc_id)
     assert [s.step_id for s in inc.steps] == ["slow"]
@@ -95,9 +98,9 @@ async def test_on_failure_stop_ends_the_playbook(
 
 
 async def test_unmatched_alerts_are_recorded_with_the_reason(
-    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+    database_line: str, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
 ) -> None:
-    async with running(tmp_path, redis_server.url) as (engine, _):
+    async with running(tmp_path, redis_server.url, database_line=database_line) as (engine, _):
         assert await fire(engine, "NobodyHandlesThis") == []
         assert await fire(engine, "Flow", job="postgres") == []
         incidents = await engine.store.list_incidents()
@@ -110,14 +113,14 @@ async def test_unmatched_alerts_are_recorded_with_the_reason(
 
 
 async def test_unfinished_diagnostics_resume_after_a_restart(
-    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+    database_line: str, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync)
     # Persisted, but the process "dies" before any worker picks the incident up.
-    async with running(tmp_path, redis_server.url, workers=False) as (engine, _):
+    async with running(tmp_path, redis_server.url, workers=False, database_line=database_line) as (engine, _):
         result = await engine.intake.receive(Notification.model_validate(alert_payload("Flow")))
         assert (await engine.store.get_incident(result.new[0])).status == IncidentState.NEW
-    async with running(tmp_path, redis_server.url) as (engine, _):
+    async with running(tmp_path, redis_server.url, database_line=database_line) as (engine, _):
         await engine.runner.drain()
         inc = await engine.store.get_incident(result.new[0])
     assert inc.status == IncidentState.DIAGNOSED and len(inc.steps) == 3

@@ -1,5 +1,6 @@
 """Scheduled jobs in the running service: health probe (open, merge, resolve), approval expiry,
-backup freshness, digest, and a failing job that is counted without stopping the scheduler."""
+backup freshness, digest, and a failing job that is counted without stopping the scheduler. The
+probe's incidents and the expiry job are checked on both stores (``database_line``)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ scheduler:
 """
 
 
-async def start_app(aiohttp_client: Any, tmp_path: Path, url: str, extra: str = FAST_PROBE) -> TestClient:
-    cfg = load_config(write_config(tmp_path, url, extra))
+async def start_app(
+    aiohttp_client: Any, tmp_path: Path, url: str, extra: str = FAST_PROBE, database_line: str = ""
+) -> TestClient:
+    cfg = load_config(write_config(tmp_path, url, extra + database_line))
     return await aiohttp_client(create_app(cfg, notifier=RecordingNotifier(), webhook_token=""))  # type: ignore[no-any-return]
 
 
@@ -81,10 +84,10 @@ def when(predicate: Callable[[Incident], bool]) -> Callable[[TestClient], Any]:
 
 
 async def test_probe_opens_and_resolves_redis_down(
-    aiohttp_client: Any, tmp_path: Path, make_redis: Any
+    database_line: str, aiohttp_client: Any, tmp_path: Path, make_redis: Any
 ) -> None:
     server: RedisServer = make_redis()
-    client = await start_app(aiohttp_client, tmp_path, server.url)
+    client = await start_app(aiohttp_client, tmp_path, server.url, database_line=database_line)
     await probe_runs(client, 3)  # one more than the 2 failures that would open RedisDown
     assert await incidents(client) == [], "a healthy target opens nothing"
 
@@ -110,11 +113,11 @@ async def test_probe_opens_and_resolves_redis_down(
 
 
 async def test_alertmanager_redisdown_merges_into_the_probe_incident(
-    aiohttp_client: Any, tmp_path: Path, make_redis: Any
+    database_line: str, aiohttp_client: Any, tmp_path: Path, make_redis: Any
 ) -> None:
     """A real Alertmanager delivers RedisDown for the target the probe already reported."""
     server: RedisServer = make_redis()
-    client = await start_app(aiohttp_client, tmp_path, server.url)
+    client = await start_app(aiohttp_client, tmp_path, server.url, database_line=database_line)
     await asyncio.to_thread(server.stop)
     probe = await wait_for(lambda: when(lambda i: i.status != IncidentState.NEW)(client), timeout=10)
 
@@ -157,10 +160,10 @@ async def first(
 
 
 async def test_probe_joins_an_alertmanager_incident(
-    aiohttp_client: Any, tmp_path: Path, make_redis: Any
+    database_line: str, aiohttp_client: Any, tmp_path: Path, make_redis: Any
 ) -> None:
     server: RedisServer = make_redis()
-    client = await start_app(aiohttp_client, tmp_path, server.url)
+    client = await start_app(aiohttp_client, tmp_path, server.url, database_line=database_line)
     await asyncio.to_thread(server.stop)
     resp = await client.post("/alerts", json=alert_payload("RedisDown", fingerprint="am-down"))
     am_id = (await resp.json())["new_incidents"][0]
@@ -178,16 +181,16 @@ async def test_probe_joins_an_alertmanager_incident(
 
 
 async def test_probe_sweeps_its_incident_left_from_a_restart(
-    aiohttp_client: Any, tmp_path: Path, make_redis: Any
+    database_line: str, aiohttp_client: Any, tmp_path: Path, make_redis: Any
 ) -> None:
     server: RedisServer = make_redis()
     cfg_extra = FAST_PROBE
-    first_app = await start_app(aiohttp_client, tmp_path, server.url, cfg_extra)
+    first_app = await start_app(aiohttp_client, tmp_path, server.url, cfg_extra, database_line=database_line)
     await asyncio.to_thread(server.stop)
     left = await wait_for(lambda: when(lambda i: i.status != IncidentState.NEW)(first_app), timeout=10)
     await first_app.close()
     await asyncio.to_thread(server.start)
-    again = await start_app(aiohttp_client, tmp_path, server.url, cfg_extra)
+    again = await start_app(aiohttp_client, tmp_path, server.url, cfg_extra, database_line=database_line)
     swept = await wait_for(lambda: when(lambda i: i.alert_status == "resolved")(again), timeout=10)
     assert swept.id == left.id
 
@@ -203,7 +206,11 @@ steps:
 
 
 async def test_approval_expiry_job(
-    aiohttp_client: Any, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+    database_line: str,
+    aiohttp_client: Any,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_sync: redis.Redis,
 ) -> None:
     redis_sync.set("agent:1", "x")
     (tmp_path / "playbooks").mkdir()
@@ -212,7 +219,7 @@ async def test_approval_expiry_job(
         "playbooks: playbooks\napprovals: {ttl: 1s}\n"
         "scheduler:\n  health_probe: {enabled: false}\n  approval_expiry: {every: 200ms}\n"
     )
-    client = await start_app(aiohttp_client, tmp_path, redis_server.url, extra)
+    client = await start_app(aiohttp_client, tmp_path, redis_server.url, extra, database_line=database_line)
     resp = await client.post("/alerts", json=alert_payload("TestEvict"))
     inc_id = (await resp.json())["new_incidents"][0]
     store = store_of(client)

@@ -3,6 +3,8 @@
 Alerts arrive on ``POST /alerts`` as Alertmanager sends them; clicks and slash commands arrive on
 ``POST /slack/events`` signed exactly as Slack signs them. Assertions read what the fake recorded
 (messages as they look after their edits, ephemerals, response_url posts) and what Redis holds.
+The tests of decisions (clicks, double clicks, stale and expired buttons, two approvers, the CLI
+approving what Slack asked) take ``backend``: they run on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -217,11 +219,13 @@ def make_bot(
     redis_sync: redis.Redis,
     fake: SlackFake,
     aiohttp_client: Callable[..., Awaitable[TestClient]],
+    asked_database_line: str,
 ) -> MakeBot:
-    """Builds the service against the fake; the fake is set up first so it outlives the bot."""
+    """Builds the service against the fake; the fake is set up first so it outlives the bot. A test
+    that takes ``backend`` runs on both stores (decisions, approvals and their races)."""
 
     async def make(extra: str = "", url: str | None = None, **settings: Any) -> SlackBot:
-        config = load_config(write_bot_config(tmp_path, url or redis_server.url, extra))
+        config = load_config(write_bot_config(tmp_path, url or redis_server.url, extra + asked_database_line))
         slack = SlackSettings(
             **{
                 "bot_token": "xoxb-test",
@@ -304,7 +308,7 @@ async def test_long_output_is_cut_for_a_phone(
 
 
 async def test_unauthorized_click_changes_nothing_and_group_members_may_approve(
-    bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
+    backend: str, bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=100)
     await bot.alert("TestEvict")
@@ -331,7 +335,7 @@ async def test_unauthorized_click_changes_nothing_and_group_members_may_approve(
 
 
 async def test_deny_closes_the_request_and_changes_nothing(
-    bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
+    backend: str, bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=50)
     await bot.alert("TestEvict")
@@ -345,7 +349,7 @@ async def test_deny_closes_the_request_and_changes_nothing(
 
 
 async def test_flushdb_needs_two_different_approvers(
-    bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
+    backend: str, bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
 ) -> None:
     for i in range(100):
         redis_sync.set(f"agent:{i}", "v")
@@ -423,7 +427,7 @@ async def test_bad_signatures_are_refused_and_nothing_runs(
 
 
 async def test_double_click_executes_once_and_the_second_clicker_is_told(
-    bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
+    backend: str, bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=500)
     await bot.alert("TestEvict")
@@ -446,7 +450,7 @@ async def test_double_click_executes_once_and_the_second_clicker_is_told(
 
 
 async def test_stale_button_of_a_replaced_plan_cannot_approve_the_new_one(
-    bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
+    backend: str, bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=1000)
     await bot.alert("TestEvict")
@@ -479,7 +483,7 @@ async def test_stale_button_of_a_replaced_plan_cannot_approve_the_new_one(
 
 
 async def test_expired_request_loses_its_buttons(
-    make_bot: MakeBot, fake: SlackFake, redis_sync: redis.Redis
+    backend: str, make_bot: MakeBot, fake: SlackFake, redis_sync: redis.Redis
 ) -> None:
     bot = await make_bot("approvals: {ttl: 1s}\n")
     seed_platform(redis_sync, agents=40)
@@ -497,7 +501,7 @@ async def test_expired_request_loses_its_buttons(
 
 
 async def test_resolved_alert_removes_the_buttons(
-    bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
+    backend: str, bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=40)
     await bot.alert("TestEvict")
@@ -686,7 +690,7 @@ async def test_evict_goes_through_plan_and_approval(
 
 
 async def test_evict_asked_in_slack_can_be_approved_from_the_cli(
-    bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
+    backend: str, bot: SlackBot, fake: SlackFake, redis_sync: redis.Redis
 ) -> None:
     seed_platform(redis_sync, agents=30)
     await bot.command(ALICE, "evict agent:*")

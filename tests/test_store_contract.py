@@ -29,7 +29,8 @@ from bot.incidents import Approval, ApprovalState, Decision, IncidentState, Step
 from bot.localpg import PostgresServer
 from bot.store import IngestItem, StepResult, Store, open_store
 from bot.store.postgres import PostgresStore
-from bot.store.postgres.schema import MIGRATIONS
+from bot.store.postgres.base import lock_key
+from bot.store.postgres.schema import JOIN_LOCK_NAMESPACE, MIGRATIONS
 from tests.conftest import alert_payload, wait_for
 
 TARGET = "cache"
@@ -105,6 +106,17 @@ async def test_a_notification_is_stored_whole_with_repeats_and_resolutions_in_or
     assert (await store.ingest([item("b", "resolved", target="t-b")])).duplicates == 1
     unmatched = await store.ingest([item("u", playbook=None, target=None)])
     assert unmatched.new == [] and (await store.list_incidents(limit=1, steps=False))[0].status == I.UNMATCHED
+
+
+async def test_the_links_an_alert_came_with_are_kept(store: Store) -> None:
+    """The card links to the alert's graph and to Alertmanager, whichever store holds it."""
+    links = {"generator": "http://prom:9090/graph?g0.expr=up", "alertmanager": "http://am:9093"}
+    with_links = item("linked")
+    with_links.links.update(links)
+    (inc_id,) = (await store.ingest([with_links])).new
+    assert (await store.get_incident(inc_id)).links == links
+    (plain,) = (await store.ingest([item("plain", target="other")])).new
+    assert (await store.get_incident(plain)).links == {}
 
 
 async def test_alerts_of_one_playbook_and_target_join_the_open_incident(store: Store) -> None:
@@ -513,6 +525,126 @@ async def test_replicas_starting_at_once_migrate_once(pg_url: str) -> None:
         await asyncio.gather(*(s.close() for s in stores))
 
 
+async def _hold_first_group(store: PostgresStore, blocker: Any, queued: int) -> asyncio.Future[Any]:
+    """Keep the store's only ingest transaction waiting (another session holds the join lock its
+    notification needs) until ``queued`` notifications wait behind it; then let it go. Returns the
+    held notification's call."""
+    key = (JOIN_LOCK_NAMESPACE, lock_key("evict\nt-first"))
+    await blocker.execute("SELECT pg_advisory_lock($1, $2)", *key)
+    first = asyncio.ensure_future(store.ingest([item("first", target="t-first")]))
+    await wait_for(lambda: store._ingest_running == 1 and not store._ingest_queue)
+
+    async def released() -> Any:
+        await wait_for(lambda: len(store._ingest_queue) >= queued)
+        await blocker.execute("SELECT pg_advisory_unlock($1, $2)", *key)
+        return await first
+
+    return asyncio.ensure_future(released())
+
+
+async def test_notifications_that_wait_together_commit_together_each_with_its_own_result(
+    pg_url: str,
+) -> None:
+    """Group commit on PostgreSQL: the notifications that waited while an ingest transaction ran
+    go into ONE transaction, each with the result it would have had alone (arrival order, repeats
+    within and across notifications, a resolve of what the same group opened)."""
+    store = await PostgresStore(pg_url, ingest_groups=1).open()
+    blocker = await asyncpg.connect(pg_url)
+    try:
+        (known,) = (await store.ingest([item("known", target="t-known")])).new
+        before = store.ingest_transactions
+        first = await _hold_first_group(store, blocker, 23)
+        calls = [
+            store.ingest([item(f"n{i}a", target=f"t{i}a"), item(f"n{i}b", target=f"t{i}b")])
+            for i in range(20)
+        ]
+        calls += [
+            store.ingest([item("known", target="t-known"), item("n3a", target="t3a")]),  # both stored by then
+            store.ingest([item("twice", target="t-twice"), item("twice", target="t-twice")]),
+            store.ingest([item("n5b", "resolved", target="t5b")]),  # resolves what the group opened
+        ]
+        results = await asyncio.gather(*calls)
+        assert len((await first).new) == 1
+        assert store.ingest_transactions == before + 2, "the held one, then all the others at once"
+        for i, r in enumerate(results[:20]):
+            assert len(r.new) == 2 and r.duplicates == 0 and r.resolved == [], i
+        new_ids = [n for r in results[:20] for n in r.new]
+        assert new_ids == sorted(new_ids) and new_ids[0] > known  # arrival order
+        assert results[20].new == [] and results[20].duplicates == 2
+        assert len(results[21].new) == 1 and results[21].duplicates == 1
+        assert results[22].resolved == [results[5].new[1]]
+        incs = {i.fingerprint: i for i in await store.list_incidents(limit=100, steps=False)}
+        assert len(incs) == 1 + 1 + 40 + 1 and incs["n5b"].alert_status == "resolved"
+        received = [e for e in await store.list_audit(limit=1000) if e.kind == "alert.received"]
+        assert len(received) == 1 + 1 + 40 + 2 + 2 + 1
+        assert sorted(e.detail["fingerprint"] for e in received if e.detail["duplicate"]) == [
+            "known",
+            "n3a",
+            "twice",
+        ]
+    finally:
+        await blocker.close()
+        await store.close()
+
+
+async def test_two_ingest_transactions_at_most_and_groups_of_64_at_most(pg_url: str) -> None:
+    """Per store: a third notification waits while two ingest transactions run; a queue of 70
+    waiting notifications is written as 64 + 6."""
+    store = await PostgresStore(pg_url).open()
+    blocker = await asyncpg.connect(pg_url)
+    keys = [(JOIN_LOCK_NAMESPACE, lock_key(f"evict\nt-{n}")) for n in ("one", "two")]
+    try:
+        for key in keys:
+            await blocker.execute("SELECT pg_advisory_lock($1, $2)", *key)
+        held = [asyncio.ensure_future(store.ingest([item(n, target=f"t-{n}")])) for n in ("one", "two")]
+        await wait_for(lambda: store._ingest_running == 2)
+        waiting = [asyncio.ensure_future(store.ingest([item(f"w{i}", target=f"t-w{i}")])) for i in range(70)]
+        await wait_for(lambda: len(store._ingest_queue) == 70)
+        assert store._ingest_running == 2, "the others wait"
+        before = store.ingest_transactions
+        for key in keys:
+            await blocker.execute("SELECT pg_advisory_unlock($1, $2)", *key)
+        await asyncio.gather(*held, *waiting)
+        assert store.ingest_transactions == before + 2 + 2, "the two held, then 64 + 6"
+        assert all(len(w.result().new) == 1 for w in waiting)
+    finally:
+        await blocker.close()
+        await store.close()
+
+
+async def test_one_failing_notification_does_not_fail_its_group_on_postgresql(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await PostgresStore(pg_url, ingest_groups=1).open()
+    blocker = await asyncpg.connect(pg_url)
+    real = PostgresStore._resolve_alert
+
+    async def refuse_bad(self: PostgresStore, conn: Any, it: IngestItem, now: float, result: Any) -> Any:
+        if it.alert.fingerprint == "bad":
+            raise asyncpg.exceptions.DataError("bad data")
+        return await real(self, conn, it, now, result)
+
+    monkeypatch.setattr(PostgresStore, "_resolve_alert", refuse_bad)
+    try:
+        first = await _hold_first_group(store, blocker, 3)
+        before = store.ingest_transactions
+        calls = [
+            store.ingest([item("g1", target="t-g1")]),
+            store.ingest([item("bad", "resolved")]),
+            store.ingest([item("g2", target="t-g2")]),
+        ]
+        ok1, bad, ok2 = await asyncio.gather(*calls, return_exceptions=True)
+        await first
+        assert isinstance(bad, StoreError) and "bad data" in str(bad)
+        assert not isinstance(ok1, BaseException) and len(ok1.new) == 1
+        assert not isinstance(ok2, BaseException) and len(ok2.new) == 1
+        assert store.ingest_transactions == before + 1 + 2, "the held one, then g1 and g2 alone"
+        assert {i.fingerprint for i in await store.list_incidents(steps=False)} == {"first", "g1", "g2"}
+    finally:
+        await blocker.close()
+        await store.close()
+
+
 @pytest.fixture
 def own_pg(tmp_path: Path, pg_server: PostgresServer) -> Any:
     """A PostgreSQL of this test's own, to stop and start (``pg_server`` only proves it can run)."""
@@ -543,6 +675,38 @@ async def test_database_down_is_a_store_error_and_the_store_recovers(own_pg: Pos
         assert len(result.new) + sum(result.merged.values()) == 2
     finally:
         await store.close()
+
+
+async def test_a_group_fails_at_once_when_the_database_goes_away(own_pg: PostgresServer) -> None:
+    """Retrying a group one notification at a time is for a statement the server refused: with the
+    database gone, the waiting notifications fail together (503s now, not one timeout each)."""
+    store = await PostgresStore(
+        own_pg.url, ingest_groups=1, connect_timeout=1.0, acquire_timeout=1.0, command_timeout=2.0
+    ).open()
+    blocker = await asyncpg.connect(own_pg.url)
+    tried: list[int] = []
+    real = store._ingest_tx
+
+    async def counted(batches: Any) -> Any:
+        tried.append(len(batches))
+        return await real(batches)
+
+    store._ingest_tx = counted  # type: ignore[method-assign]
+    try:
+        key = (JOIN_LOCK_NAMESPACE, lock_key("evict\nt-first"))
+        await blocker.execute("SELECT pg_advisory_lock($1, $2)", *key)
+        first = asyncio.ensure_future(store.ingest([item("first", target="t-first")]))
+        await wait_for(lambda: tried == [1])
+        waiting = [store.ingest([item(f"w{i}", target=f"t-w{i}")]) for i in range(10)]
+        queued = asyncio.gather(*waiting, return_exceptions=True)
+        await wait_for(lambda: len(store._ingest_queue) == 10)
+        await asyncio.to_thread(own_pg.stop)
+        outcomes = [await asyncio.gather(first, return_exceptions=True), *await queued]
+        assert all(isinstance(o, StoreError) for o in [outcomes[0][0], *outcomes[1:]]), outcomes
+        assert tried == [1, 10], "the group once, not again one by one"
+    finally:
+        await store.close()
+        blocker.terminate()
 
 
 async def _pings(store: Store) -> bool:

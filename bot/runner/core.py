@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from bot.charts import chart_bytes
 from bot.config import Config
 from bot.durations import format_duration
 from bot.errors import BotError, NotFound, StepError, StoreError, TargetError
@@ -458,6 +459,10 @@ class RunnerCore:
         )
         if isinstance(out, StepOutput):
             result = StepResult(StepStatus(out.status), out.summary, out.details, out.data)
+            if isinstance(path := out.data.get("chart_path"), str) and (
+                png := await asyncio.to_thread(chart_bytes, path)
+            ):
+                await self.store.save_chart(run_id, png)  # any replica's incident page shows it
         else:
             result = StepResult(status, error or "", error=error)
         run = await self.store.finish_step(run_id, result, next_step=idx + 1, target=target.name, fence=fence)

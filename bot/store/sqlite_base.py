@@ -174,12 +174,22 @@ def _migrate_v5(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE incidents ADD COLUMN links TEXT NOT NULL DEFAULT '{}'")
 
 
+def _migrate_v6(conn: sqlite3.Connection) -> None:
+    """Charts in the store, not only as files beside it: the incident page shows a chart whichever
+    replica (or host) drew it (see :meth:`bot.store.protocol.Store.save_chart`)."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS charts (step_run_id INTEGER PRIMARY KEY REFERENCES step_runs (id),"
+        " png BLOB NOT NULL, created_at REAL NOT NULL)"
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_v1,
     _migrate_v2,
     _migrate_v3,
     _migrate_v4,
     _migrate_v5,
+    _migrate_v6,
 )
 """Schema versions in order; ``PRAGMA user_version`` records how many have been applied."""
 

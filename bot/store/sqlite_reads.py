@@ -1,8 +1,10 @@
-"""Reading incidents, step runs and approvals (no writes here)."""
+"""Reading incidents, step runs and approvals (no state writes here: only a chart's picture)."""
 
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Sequence
 
 from bot.errors import NotFound
 from bot.incidents import Approval, Incident, StepRun
@@ -143,3 +145,25 @@ class ReadsMixin(SQLiteBase):
             return step_run_of(row)
 
         return await self._run(run)
+
+    async def save_chart(self, run_id: int, png: bytes) -> None:
+        def run() -> None:
+            with self._tx() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO charts (step_run_id, png, created_at) VALUES (?, ?, ?)",
+                    (run_id, png, time.time()),
+                )
+
+        await self._run(run)
+
+    async def charts(self, run_ids: Sequence[int]) -> dict[int, bytes]:
+        def run() -> dict[int, bytes]:
+            ids = list(dict.fromkeys(run_ids))
+            marks = ", ".join("?" * len(ids))
+            rows = self.conn.execute(
+                f"SELECT step_run_id, png FROM charts WHERE step_run_id IN ({marks})",  # noqa: S608 (only ?s)
+                ids,
+            ).fetchall()
+            return {int(r["step_run_id"]): bytes(r["png"]) for r in rows}
+
+        return await self._run(run) if run_ids else {}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from bot.charts import chart_bytes
 from bot.config import Config
 from bot.errors import NotFound
 from bot.incidents import Approval, AuditEntry, IncidentState
@@ -30,7 +31,6 @@ LINKS = web.AppKey("page_links", PageLinks)
 PAGE_STORE = web.AppKey("page_store", Store)
 PAGE_CONFIG = web.AppKey("page_config", Config)
 COOKIE = "bot_ui_token"
-MAX_CHART_BYTES = 3 * 1024 * 1024
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline';"
     " form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
@@ -131,14 +131,15 @@ async def _approvals(store: Store, audit: list[AuditEntry]) -> list[Approval]:
     return out
 
 
-def _read_chart(path: str, folder: Path) -> str | None:
-    """The chart as a data URI, if it is a PNG in the bot's chart folder (and not huge)."""
+def _read_chart(path: str, folder: Path) -> bytes | None:
+    """A chart the store does not hold (drawn before charts were kept there), if it is a PNG in
+    this replica's chart folder (and not huge)."""
     p = Path(path).resolve()
-    if not p.is_relative_to(folder.resolve()) or p.suffix != ".png" or not p.is_file():
-        return None
-    if p.stat().st_size > MAX_CHART_BYTES:
-        return None
-    return "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()
+    return chart_bytes(p) if p.is_relative_to(folder.resolve()) else None
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
 async def incident_detail(request: web.Request) -> web.Response:
@@ -152,13 +153,20 @@ async def incident_detail(request: web.Request) -> web.Response:
         return page(document("Not found", "<main><h1>No such incident</h1></main>"), 404)
     audit = await store.list_audit(incident_id=inc.id, limit=2000)
     folder = request.app[PAGE_CONFIG].state_file.parent / "charts"
+    drawn = {
+        run.id: path
+        for run in inc.steps
+        if run.step_type == "prometheus.chart"
+        and isinstance(path := run.data.get("chart_path"), str)
+        and path
+    }
+    # From the store: whichever replica drew a chart, every replica shows it.
+    stored = await store.charts(list(drawn))
     charts: dict[int, str] = {}
-    for run in inc.steps:
-        path = run.data.get("chart_path") if run.step_type == "prometheus.chart" else None
-        if isinstance(path, str) and path:
-            uri = await asyncio.to_thread(_read_chart, path, folder)
-            if uri is not None:
-                charts[run.id] = uri
+    for run_id, path in drawn.items():
+        png = stored.get(run_id) or await asyncio.to_thread(_read_chart, path, folder)
+        if png is not None:
+            charts[run_id] = _data_uri(png)
     view = IncidentPage(
         incident=inc,
         approvals=await _approvals(store, audit),

@@ -1,10 +1,13 @@
-"""Reading incidents, step runs and approvals on PostgreSQL (no writes here).
+"""Reading incidents, step runs and approvals on PostgreSQL (no state writes here: only a chart's picture).
 
 The same queries and models as :mod:`bot.store.sqlite_reads`; rows are mapped by
 :mod:`bot.store.records`, which reads an ``asyncpg.Record`` as it reads an ``sqlite3.Row``.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Sequence
 
 from bot.errors import NotFound
 from bot.incidents import Approval, Incident, StepRun
@@ -148,3 +151,24 @@ class ReadsMixin(PGBase):
             return step_run_of(row)
 
         return await self._read(run)
+
+    async def save_chart(self, run_id: int, png: bytes) -> None:
+        async def run(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO charts (step_run_id, png, created_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT (step_run_id) DO UPDATE SET png = excluded.png, created_at = excluded.created_at",
+                run_id,
+                png,
+                time.time(),
+            )
+
+        await self._write(run)
+
+    async def charts(self, run_ids: Sequence[int]) -> dict[int, bytes]:
+        async def run(conn: Conn) -> dict[int, bytes]:
+            rows = await conn.fetch(
+                "SELECT step_run_id, png FROM charts WHERE step_run_id = ANY($1::bigint[])", list(run_ids)
+            )
+            return {int(r["step_run_id"]): bytes(r["png"]) for r in rows}
+
+        return await self._read(run) if run_ids else {}

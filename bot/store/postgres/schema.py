@@ -132,7 +132,19 @@ CREATE TABLE leaders (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_V1,)
+_V2 = """
+ALTER TABLE incidents ADD COLUMN links TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE charts (
+    step_run_id BIGINT PRIMARY KEY REFERENCES step_runs (id),
+    png BYTEA NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+"""
+"""Charts in the database: a chart drawn by one replica is shown on the incident page by any other
+(a file beside ``state_file`` is on one replica's disk only). And the links an alert came with
+(its graph, Alertmanager), which SQLite's version 5 added and version 1 here lacked."""
+
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 """Schema versions in order; ``schema_version`` has one row per version applied. Append, never edit."""
 
 _VERSION_TABLE = """
