@@ -60,8 +60,12 @@ def run_dry(r: RedisProc, config: Path) -> dict[str, Any]:
     steps = {s["step_id"]: s for s in incident["steps"]}
     evict = steps.get("evict-agent-cache", {})
     report = steps.get("consumers", {})
+    steps_s = sum(float(s.get("duration_s") or 0) for s in incident["steps"])
     return {
         "seconds": seconds,
+        "report_step_s": float(report.get("duration_s") or 0),
+        "other_steps_s": steps_s - float(report.get("duration_s") or 0),
+        "startup_s": seconds - steps_s,
         "scans": scan_calls(r),
         "plan": str(evict.get("summary") or evict.get("error") or ""),
         "plan_status": evict.get("status"),
@@ -106,6 +110,14 @@ def bench(res: Results, keys: int, runs: int) -> None:
         note="per run dry/report: "
         + ", ".join(f"{a['seconds']:.2f}/{b['seconds']:.2f}" for a, b in zip(dry, rep, strict=True))
         + " s",
+    )
+    res.add(
+        name,
+        "where the dry run's time goes: memory report step / other steps / start-up and the rest",
+        " / ".join(
+            fmt_s(median([m[k] for m in dry])) for k in ("report_step_s", "other_steps_s", "startup_s")
+        ),
+        fmt_s(t_rep),
     )
     extra = max(m["scans"] for m in dry) - min(m["scans"] for m in rep)
     reused = all("counted by the memory report" in m["plan"] for m in dry)
