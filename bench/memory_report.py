@@ -72,8 +72,12 @@ def run_floor(r: RedisProc) -> Measure:
     return Measure(data["elapsed_s"], ping, r.slowest_ms(), {}, data, cpu)
 
 
+ESTIMATES_PER_RUN = 7
+"""Estimates per rotation slot (one process): 21 in 3 runs, so a rare bad draw shows in the row."""
+
+
 def run_estimate(r: RedisProc) -> Measure:
-    data, ping, cpu = _child(r, "bench.memreport_child", "--estimate")
+    data, ping, cpu = _child(r, "bench.memreport_child", "--estimate", str(ESTIMATES_PER_RUN))
     return Measure(data["elapsed_s"], ping, r.slowest_ms(), {}, data, cpu)
 
 
@@ -198,31 +202,36 @@ ESTIMATE_POINTS = 0.03
 
 
 def add_estimate_rows(res: Results, name: str, runs: list[Measure], exact: dict[str, Any]) -> None:
-    """Two target rows: the estimate's time (< 1 s) and its top namespace's share against the exact
-    report's (within 3 points), both medians of ``runs``; the exact shares come from ``exact``."""
-    t = median([m.seconds for m in runs])
+    """Two target rows over every estimate of ``runs``: the time (median, < 1 s) and the top
+    namespace's share against the exact report's (each within 3 points, and the same top; the
+    row says in how many of them); the exact shares come from ``exact`` (a report on the same data)."""
+    each = [e for m in runs for e in m.extra["runs"]]
+    times = [float(e["elapsed_s"]) for e in each]
+    t = median(times)
     res.add(
         name,
-        "redis.memory_estimate time (10,000 random keys)",
+        f"redis.memory_estimate time (10,000 random keys; median of {len(each)})",
         fmt_s(t),
         "",
         "",
         f"< {ESTIMATE_SECONDS:g} s",
-        t < ESTIMATE_SECONDS,
-        note=f"runs {', '.join(f'{m.seconds:.2f}' for m in runs)} s",
+        t < ESTIMATE_SECONDS and max(times) < ESTIMATE_SECONDS,
+        note=f"slowest {max(times):.2f} s",
     )
     shares: dict[str, float] = exact["shares"]
     top = max(shares, key=lambda k: shares[k])
-    est = [float(m.extra["shares"].get(top, 0.0)) for m in runs]
-    worst = max(abs(e - shares[top]) for e in est)
-    named = all(max(m.extra["shares"], key=lambda k: m.extra["shares"][k]) == top for m in runs)
+    errors = [float(e["shares"].get(top, 0.0)) - shares[top] for e in each]
+    within = sum(1 for x in errors if abs(x) <= ESTIMATE_POINTS)
+    named = sum(1 for e in each if max(e["shares"], key=lambda k: e["shares"][k]) == top)
     res.add(
         name,
-        f"top namespace {top} share, estimate vs exact report (worst run)",
-        f"{median(est):.1%} (±{median([float(m.extra['margins'].get(top, 0)) for m in runs]):.1%})",
+        f"top namespace {top} share, estimate vs exact report (median; within 3 points in n of {len(each)})",
+        f"{shares[top] + median(errors):.1%} (median error {median(errors) * 100:+.1f} points)",
         f"{shares[top]:.1%}",
-        f"{worst * 100:.1f} points",
+        f"{within}/{len(each)} within, worst {max(errors, key=abs) * 100:+.1f} points",
         f"<= {ESTIMATE_POINTS * 100:g} points, same top",
-        worst <= ESTIMATE_POINTS and named,
-        note=f"estimates {', '.join(f'{e:.1%}' for e in est)}",
+        within == len(each) and named == len(each),
+        note="errors (points): "
+        + ", ".join(f"{x * 100:+.1f}" for x in sorted(errors, key=abs)[-5:])
+        + f"; top named in {named}/{len(each)}",
     )

@@ -2,7 +2,8 @@
 RSS are its alone.
 
     python -m bench.memreport_child URL               the exact report (``redis.memory_report``)
-    python -m bench.memreport_child --estimate URL    the sampled estimate (``redis.memory_estimate``)
+    python -m bench.memreport_child --estimate N URL  the sampled estimate (``redis.memory_estimate``),
+                                                      N times in a row
 
 Prints one JSON object: wall time (interpreter start-up excluded), resident memory before the work
 and at its peak (VmHWM, which includes the interpreter and imports), and what the benchmarks compare:
@@ -26,21 +27,28 @@ from bot.redisops.estimate import memory_estimate
 from bot.redisops.memory import memory_report
 
 
-async def main(url: str, estimate: bool) -> None:
+async def main(url: str, estimates: int) -> None:
     target = RedisTarget(name="bench", url=url, timeout=30.0)
     client: aioredis.Redis = target.client
     await client.ping()
     rss_before, _ = rss_kb(os.getpid())
     started = time.perf_counter()
     out: dict[str, Any]
-    if estimate:
-        est = await memory_estimate([client], sample=10_000)
+    if estimates:
+        runs = []
+        for _ in range(estimates):
+            t0 = time.perf_counter()
+            est = await memory_estimate([client], sample=10_000)
+            runs.append(
+                {
+                    "elapsed_s": time.perf_counter() - t0,
+                    "sampled": est.sampled,
+                    "shares": {x.pattern or x.prefix: x.share for x in est.namespaces},
+                    "margins": {x.pattern or x.prefix: x.margin for x in est.namespaces},
+                }
+            )
         elapsed = time.perf_counter() - started
-        out = {
-            "sampled": est.sampled,
-            "shares": {x.pattern or x.prefix: x.share for x in est.namespaces},
-            "margins": {x.pattern or x.prefix: x.margin for x in est.namespaces},
-        }
+        out = {"runs": runs}
     else:
         report = await memory_report(client, top=10)
         elapsed = time.perf_counter() - started
@@ -65,4 +73,4 @@ async def main(url: str, estimate: bool) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    asyncio.run(main(args[-1], "--estimate" in args))
+    asyncio.run(main(args[-1], int(args[args.index("--estimate") + 1]) if "--estimate" in args else 0))

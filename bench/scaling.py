@@ -49,7 +49,9 @@ def bench(res: Results, sizes: list[int], runs: int) -> None:
                 )
                 if keys >= ESTIMATE_FROM:
                     estimates.append(run_estimate(r))
-                    log(f"scaling {keys:,} keys run {i + 1}/{runs}: estimate {estimates[-1].seconds:.2f} s")
+                    log(
+                        f"scaling {keys:,} keys run {i + 1}/{runs}: estimates in {estimates[-1].seconds:.2f} s"
+                    )
             if estimates:
                 label = f"{keys / 1e6:g}M"
                 add_estimate_rows(res, f"5b sampled estimate, {label} keys", estimates, exact)
