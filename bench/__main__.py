@@ -1,6 +1,6 @@
 """Benchmarks of the bot against its baselines, measured side by side in one run.
 
-    .venv/bin/python -m bench                   everything (about 21 minutes on 2 cores)
+    .venv/bin/python -m bench                   everything (about 23 minutes on 2 cores; --large adds about 6)
     .venv/bin/python -m bench --quick           a small smoke run (about 2 minutes)
     .venv/bin/python -m bench --only memory,eviction
     .venv/bin/python -m bench --json out.json --markdown table.md
