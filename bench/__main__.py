@@ -1,13 +1,16 @@
 """Benchmarks of the bot against its baselines, measured side by side in one run.
 
-    .venv/bin/python -m bench                   everything (about 21 minutes on 2 cores)
+    .venv/bin/python -m bench                   everything (about 23 minutes on 2 cores; --large adds about 6)
     .venv/bin/python -m bench --quick           a small smoke run (about 2 minutes)
     .venv/bin/python -m bench --only memory,eviction
     .venv/bin/python -m bench --json out.json --markdown table.md
 
-Benchmarks: memory (report vs redis-cli --memkeys/--bigkeys), eviction (SCAN+UNLINK vs the
+Benchmarks: memory (report vs its floor, a bare SCAN + Lua MEMORY USAGE loop, and redis-cli --memkeys/--bigkeys;
+the sampled estimate on the same data), eviction (SCAN+UNLINK vs the
 runbook's KEYS | xargs DEL), ingest (POST /alerts vs a bare aiohttp + SQLite handler), first-message
-(alert to first notification, full memory-high diagnostics), scaling (report at 100k, 1M, 5M keys),
+(alert to first notification, full memory-high diagnostics), dry-run (the memory-high playbook as
+`remediation-bot run --dry-run`, a process, vs the report alone; no second scan), scaling (report at
+100k, 1M, 5M keys, 10M with --large; RSS; the sampled estimate from 5M on),
 ha (ingest with two replicas on PostgreSQL vs one on SQLite; time from a replica's death to the
 takeover of its incident);
 cluster (report on a 3-primary Redis Cluster vs one node, same keys).
@@ -24,10 +27,19 @@ import sys
 import time
 from pathlib import Path
 
-from bench import cluster_report, first_message, ha, memory_report, pattern_eviction, scaling, webhook_ingest
+from bench import (
+    cluster_report,
+    dry_run,
+    first_message,
+    ha,
+    memory_report,
+    pattern_eviction,
+    scaling,
+    webhook_ingest,
+)
 from bench.common import Results, install_cleanup, log, machine, stop_all
 
-BENCHMARKS = ("memory", "eviction", "ingest", "first-message", "scaling", "ha", "cluster")
+BENCHMARKS = ("memory", "eviction", "ingest", "first-message", "dry-run", "scaling", "ha", "cluster")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         "--keys", type=int, default=0, help="keys for memory/eviction/first-message (1M; quick 200k)"
     )
     p.add_argument("--no-5m", action="store_true", help="scaling without the 5M-key step")
+    p.add_argument(
+        "--large", action="store_true", help="scaling with a 10M-key step too (about 5 more minutes)"
+    )
     p.add_argument("--rates", default="", help="ingest rates, notifications/s (1000,2000,3000,4000,5000)")
     p.add_argument("--seconds", type=float, default=0, help="ingest seconds per rate (10; quick 3)")
     p.add_argument("--json", type=Path, help="write raw measurements here")
@@ -53,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [20_000, 100_000, 200_000] if args.quick else [100_000, 1_000_000, 5_000_000]
     if args.no_5m:
         sizes = [s for s in sizes if s < 5_000_000]
+    if args.large:
+        sizes.append(10_000_000)
     rates = (
         [float(x) for x in args.rates.split(",")]
         if args.rates
@@ -75,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             webhook_ingest.bench(res, rates, seconds, runs)
         if "first-message" in only:
             first_message.bench(res, keys, max(runs, 3) if not args.quick else 2)
+        if "dry-run" in only:
+            dry_run.bench(res, keys, runs)
         if "scaling" in only:
             scaling.bench(res, sizes, runs)
         if "ha" in only:

@@ -121,6 +121,12 @@ class RedisProc:
     def used_memory(self) -> int:
         return int(self.client.info("memory")["used_memory"])
 
+    def cpu_s(self) -> float:
+        """CPU seconds Redis' main thread has used (INFO cpu): the single thread every command waits
+        for, so the difference over a run is the work that run made Redis do."""
+        info = self.client.info("cpu")
+        return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+
     def slowest_ms(self) -> float:
         """The slowest command Redis itself logged since the last reset (SLOWLOG, >= 1 ms), in ms."""
         entries = self.client.slowlog_get(10000)

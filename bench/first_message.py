@@ -6,7 +6,9 @@ instance holding the benchmark data set and waits until the playbook stops at it
 gate (``evict-agent-cache``). Measured from just before the POST: the answer, the first message
 (``incident_opened``), the last read-only step finished (info, keyspace, the memory report,
 Prometheus steps skipped for want of a Prometheus), and the approval request with its eviction
-plan. Trials run one after another so each has the bot to itself.
+plan. Trials run one after another so each has the bot to itself; each trial's alert is resolved
+before the next is posted, or the next would join its open incident (one incident per playbook and
+target) instead of opening one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Stopwatch(NullNotifier):
     def __init__(self) -> None:
         self.events: dict[str, dict[str, float]] = {}
         self.done: dict[str, asyncio.Event] = {}
+        self.closed: dict[str, asyncio.Event] = {}
         self.steps: dict[str, list[tuple[str, str, float]]] = {}
 
     def _key(self, incident: Incident) -> str:
@@ -56,25 +59,27 @@ class Stopwatch(NullNotifier):
         self.done.setdefault(self._key(incident), asyncio.Event()).set()
 
     async def incident_updated(self, incident: Incident) -> None:
+        if incident.status == "resolved":
+            self.closed.setdefault(self._key(incident), asyncio.Event()).set()
         if incident.status in ("diagnosed", "failed", "verified", "resolved"):
             self._mark(incident, "ended")
             self.done.setdefault(self._key(incident), asyncio.Event()).set()
 
 
-def payload(fingerprint: str) -> dict[str, Any]:
+def payload(fingerprint: str, status: str = "firing") -> dict[str, Any]:
     labels = {"alertname": "RedisMemoryUsageHigh", "instance": "127.0.0.1:9121", "job": "redis"}
     return {
         "version": "4",
-        "status": "firing",
+        "status": status,
         "receiver": "bot",
         "groupKey": '{}:{alertname="RedisMemoryUsageHigh"}',
         "alerts": [
             {
-                "status": "firing",
+                "status": status,
                 "labels": labels,
                 "annotations": {"summary": "Redis memory above 80% of maxmemory"},
                 "startsAt": "2026-11-25T19:39:47.888Z",
-                "endsAt": "0001-01-01T00:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-11-25T20:39:47.888Z",
                 "fingerprint": fingerprint,
             }
         ],
@@ -113,6 +118,10 @@ async def trials(workdir: Path, redis_url: str, n: int) -> list[dict[str, float]
                     f" {row.get('opened', float('nan')) * 1000:.1f} ms, approval request"
                     f" {row.get('approval', float('nan')):.2f} s ({steps})"
                 )
+                watch.closed.setdefault(fp, asyncio.Event())
+                async with http.post(f"http://127.0.0.1:{port}/alerts", json=payload(fp, "resolved")) as resp:
+                    await resp.read()
+                await asyncio.wait_for(watch.closed[fp].wait(), 60)
     finally:
         await runner.cleanup()
     return out

@@ -87,6 +87,30 @@ def test_run_dry_run_then_incidents_and_audit(
     assert {"incident.opened", "step.finished"} <= kinds
 
 
+def test_a_dry_run_at_85_percent_skips_the_checks_of_actions_that_did_not_run(
+    tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
+) -> None:
+    """Nothing acted, so a check after an action would only wait out its ``within`` for a change
+    nothing made and then fail: in a dry run those checks are skipped, saying why, while the plans
+    are all shown and the eviction's counts come from the incident's memory report (no second scan)."""
+    seed_platform(redis_sync, agents=3000)
+    redis_sync.config_set("maxmemory", int(redis_sync.info("memory")["used_memory"] / 0.85))
+    cfg = write_config(tmp_path, redis_server.url)
+    out = cli(
+        "run", "redis-memory-high", "--config", str(cfg), "--target", redis_server.url, "--dry-run", "--json"
+    )
+    assert out.returncode == 0, out.stderr
+    steps = {s["step_id"]: s for s in json.loads(out.stdout)["steps"]}
+    evict = steps["evict-agent-cache"]
+    assert evict["status"] == "planned" and evict["plan"]["estimated_keys"] == 3000
+    assert evict["plan"]["details"]["counted_by"].startswith("the memory report (consumers, ")
+    for check in ("check-after-evict", "check-after-raise", "check-after-flush"):
+        assert steps[check]["status"] == "skipped", steps[check]
+        assert "dry run, no action ran" in steps[check]["summary"]
+    assert steps["raise-maxmemory"]["status"] == "planned"
+    assert redis_sync.dbsize() == 3084, "a dry run changes nothing"
+
+
 def test_run_then_approve_from_another_process(
     database_line: str, tmp_path: Path, redis_server: RedisServer, redis_sync: redis.Redis
 ) -> None:

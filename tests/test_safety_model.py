@@ -138,6 +138,7 @@ Dry run
     test_remediation::test_dry_run_changes_nothing
     test_safety_model::test_a_dry_run_playbook_only_reports_its_plan
     test_cli::test_run_dry_run_then_incidents_and_audit
+    test_cli::test_a_dry_run_at_85_percent_skips_the_checks_of_actions_that_did_not_run
 Audit
     test_safety_model::test_the_audit_trail_is_append_only
     test_remediation::test_approved_eviction_runs_verifies_and_is_audited

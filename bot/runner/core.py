@@ -357,6 +357,13 @@ class RunnerCore:
                 return inc
             if step.when == "unresolved" and self.verified(inc, pb):
                 await self._skip(inc, idx, step, "skipped: an earlier check shows the problem is fixed")
+            elif step.type.verifies and self.dry_run(inc, pb) and any(s.mutating for s in pb.steps[:idx]):
+                # A check after actions that only reported their plans would wait its whole `within`
+                # for a change nothing made, then report a failure nobody caused. (A check with no
+                # action before it is a diagnostic, e.g. "is the hit rate still low": it runs.)
+                await self._skip(
+                    inc, idx, step, "skipped: dry run, no action ran, so there is nothing to verify"
+                )
             elif step.mutating:
                 if await self.gate(inc, pb, idx, step, target):  # type: ignore[attr-defined]
                     return await self.store.get_incident(inc.id)
@@ -403,6 +410,9 @@ class RunnerCore:
     def _checks(inc: Incident, pb: Playbook) -> list[StepRun]:
         verifying = {s.id for s in pb.steps if s.type.verifies}
         return [s for s in inc.steps if s.step_id in verifying and s.status in CHECKED]
+
+    def dry_run(self, inc: Incident, pb: Playbook) -> bool:
+        return self.config.guardrails.dry_run or pb.dry_run or inc.dry_run
 
     def verified(self, inc: Incident, pb: Playbook) -> bool:
         checks = self._checks(inc, pb)

@@ -16,9 +16,6 @@ from bot.store import StepResult
 
 
 class GateMixin(RunnerCore):
-    def dry_run(self, inc: Incident, pb: Playbook) -> bool:
-        return self.config.guardrails.dry_run or pb.dry_run or inc.dry_run
-
     async def plan(
         self, inc: Incident, step: Step, target: RedisTarget, *, reuse: bool = True
     ) -> tuple[Plan | None, str | None, StepStatus, Exception | None]:
