@@ -16,6 +16,7 @@ from bot.config import load_config
 from bot.engine import Engine
 from bot.incidents import IncidentState, StepStatus
 from bot.redisconn import RedisTarget
+from bot.redisops import estimate
 from bot.steps import REGISTRY, StepContext, StepOutput
 from tests.conftest import RecordingNotifier, RedisServer, alert_payload, person
 
@@ -62,6 +63,40 @@ async def test_estimate_on_a_million_keys_is_fast_and_within_three_points(millio
     assert m is not None, est.summary
     assert abs(int(m.group(1)) / 100 - exact_share) <= 0.035
     assert "(estimate from 10,000 random keys of 1,000,000, 0." in est.summary
+
+
+async def test_a_drawn_big_key_is_counted_once_not_multiplied(million: RedisServer) -> None:
+    """A sample of 10,000 of a million keys that happens to draw an 8 MiB key (about one estimate
+    in a hundred does, for each such key) would count it a hundred times; it is counted once,
+    named, and the shares stay within 3 points of the exact report's."""
+    r = million.sync_client()
+    r.set("big:blob", b"x" * (8 << 20))
+    target = RedisTarget(name="big", url=million.url)
+    try:
+        exact = await run(target, "redis.memory_report")
+        client = target.client
+        pairs, _ = await estimate.sample_sizes(client, 10_000, unavailable={})
+        big_bytes = int(r.memory_usage("big:blob") or 0)
+        if all(k != b"big:blob" for k, _ in pairs):
+            pairs[0] = (b"big:blob", big_bytes)  # as if RANDOMKEY had drawn it
+        used = int(r.info("memory")["used_memory"])
+    finally:
+        await target.close()
+    exact_share = {p["pattern"]: p["share"] for p in exact.data["prefixes"]}
+    dbsize = 1_000_001
+
+    small, big = estimate.split_big(pairs, dbsize, used)
+    assert big == {b"big:blob": big_bytes}
+    rows = {
+        x.pattern: x
+        for x in estimate.estimate_shares(small, dbsize, separator=b":", depth=1, top=10, big=big)
+    }
+    for pattern in ("agent:*", "sess:*", "bull:*", "big:*"):
+        assert abs(rows[pattern].share - exact_share[pattern]) <= 0.03, (pattern, rows[pattern], exact_share)
+    assert rows["big:*"].keys == 1 and rows["big:*"].bytes == big_bytes
+
+    naive = {x.pattern: x for x in estimate.estimate_shares(pairs, dbsize, separator=b":", depth=1, top=10)}
+    assert abs(naive["agent:*"].share - exact_share["agent:*"]) > 0.2, "the test needs a key that skews"
 
 
 PLAYBOOK = """\

@@ -192,6 +192,10 @@ async def memory_estimate(ctx: StepContext, p: MemoryEstimateParams) -> StepOutp
         f"{share(first)} of key memory{then} (estimate from {r.sampled:,} random keys of {r.dbsize:,},"
         f" {r.elapsed_s:.2f} s; ~{human_bytes(r.total_bytes)} in keys of {human_bytes(r.used_memory)} used)"
     )
+    if r.big_keys:
+        named = ", ".join(f"{b.key} ({human_bytes(b.bytes)})" for b in r.big_keys[:3])
+        more = f" and {len(r.big_keys) - 3} more" if len(r.big_keys) > 3 else ""
+        summary += f"; big keys drawn, counted once: {named}{more}"
     rows = [
         [
             x.pattern or x.prefix,
