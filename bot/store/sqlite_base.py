@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 from bot.errors import StoreError
 from bot.incidents import AuditEntry, iso
 from bot.store.records import dumps
+from bot.store.sqlite_checkpoint import Checkpointer
+from bot.store.sqlite_checkpoint import configure as configure_checkpoints
 
 T = TypeVar("T")
 
@@ -191,6 +193,8 @@ class SQLiteBase:
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._conn: sqlite3.Connection | None = None
+        self.checkpointer: Checkpointer | None = None
+        """Background WAL checkpoints (see :mod:`bot.store.sqlite_checkpoint`), once open."""
         self.write_failures = 0
         """Consecutive failed write transactions (readiness reports the store as failing)."""
 
@@ -225,6 +229,11 @@ class SQLiteBase:
             self.write_failures += 1
             raise
         self.write_failures = 0
+        self._committed()
+
+    def _committed(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.committed()
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +245,9 @@ class SQLiteBase:
         conn.execute("PRAGMA busy_timeout=10000")
         self._conn = conn
         self._migrate(conn)
+        configure_checkpoints(conn)
+        self.checkpointer = Checkpointer(self.path)
+        self.checkpointer.start()
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -257,6 +269,9 @@ class SQLiteBase:
         return self
 
     async def close(self) -> None:
+        if self.checkpointer is not None:  # joins its thread: off the event loop
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.checkpointer.stop)
+            self.checkpointer = None
         if self._conn is not None:
             await self._run(self.conn.close)
             self._conn = None

@@ -393,6 +393,7 @@ class IngestMixin(SQLiteBase):
                 conn.execute("ROLLBACK")
             return [StoreError(f"state store {self.path}: {exc}")] * len(batches)
         self.ingest_transactions += 1
+        self._committed()
         return results
 
     def _ingest_alone(self, items: Sequence[IngestItem]) -> IngestResult | BaseException:
