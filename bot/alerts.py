@@ -20,7 +20,9 @@ from bot.validation import field_path
 # Alertmanager writes the zero time for "no end yet".
 _ZERO_YEAR = 1
 _TIMES = (("starts_at", "startsAt"), ("ends_at", "endsAt"))
-_OUT_OF_RANGE = PydanticCustomError("value_error", "Value error, {error}", {"error": "timestamp out of range"})
+_OUT_OF_RANGE = PydanticCustomError(
+    "value_error", "Value error, {error}", {"error": "timestamp out of range"}
+)
 
 
 class Alert(BaseModel):
