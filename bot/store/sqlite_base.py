@@ -176,12 +176,34 @@ def _migrate_v5(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE incidents ADD COLUMN links TEXT NOT NULL DEFAULT '{}'")
 
 
+_OPEN_STATES = "('new', 'diagnosing', 'awaiting_approval', 'remediating')"
+_V6_INDEXES = f"""
+DROP INDEX IF EXISTS incidents_open_by_target;
+DROP INDEX IF EXISTS incidents_firing_by_target;
+DROP INDEX IF EXISTS incidents_lease;
+CREATE INDEX incidents_open_by_target ON incidents (target, playbook, state)
+    WHERE state IN {_OPEN_STATES};
+CREATE INDEX incidents_firing_by_target ON incidents (target, alertname, alert_status)
+    WHERE alert_status = 'firing' AND state NOT IN ('unmatched', 'merged');
+CREATE INDEX incidents_lease ON incidents (state, lease_until) WHERE state IN {_OPEN_STATES};
+"""
+
+
+def _migrate_v6(conn: sqlite3.Connection) -> None:
+    """The look-ups of open or firing incidents by target, and the lease sweep, use partial indexes
+    holding only the rows they can find (each query repeats the index's condition word for word, so
+    SQLite uses it): closed, unmatched and merged incidents, the bulk of the table, are no longer
+    written into three indexes on every ingest."""
+    _execute_script(conn, _V6_INDEXES)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_v1,
     _migrate_v2,
     _migrate_v3,
     _migrate_v4,
     _migrate_v5,
+    _migrate_v6,
 )
 """Schema versions in order; ``PRAGMA user_version`` records how many have been applied."""
 
