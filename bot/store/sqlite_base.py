@@ -25,6 +25,7 @@ from bot.incidents import AuditEntry, iso
 from bot.store.records import dumps
 from bot.store.sqlite_checkpoint import Checkpointer
 from bot.store.sqlite_checkpoint import configure as configure_checkpoints
+from bot.store.sqlite_checkpoint import finish as finish_checkpoint
 
 T = TypeVar("T")
 
@@ -252,6 +253,7 @@ class SQLiteBase:
             raise
         self.write_failures = 0
         self._committed()
+        finish_checkpoint(self.checkpointer, conn)
 
     def _committed(self) -> None:
         if self.checkpointer is not None:

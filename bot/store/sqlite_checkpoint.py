@@ -8,11 +8,13 @@ by 10-50 ms now and then. Here the store's connection checkpoints only past a mu
 never block a writer or a reader) shortly after commits.
 
 Why the WAL stays bounded: a passive checkpoint that catches up lets the next writer start the WAL
-over from its beginning. Under a steady stream of commits it rarely catches up exactly, so past
-:data:`RESTART_PAGES` the thread runs a restarting checkpoint, which waits for the writer between two
-transactions and copies only what the passive rounds left (a short wait, not a full copy). If the
-thread cannot keep up at all (starved of CPU, a reader holding an old snapshot), the writer's own
-automatic checkpoint takes over at :data:`SAFETY_PAGES`, as before.
+over from its beginning. Under a steady stream of commits it rarely catches up exactly (and a
+restarting checkpoint from this thread would starve: the store takes the write lock again at once),
+so past :data:`RESTART_PAGES` the thread asks the store thread to run one more passive checkpoint
+itself, after it has answered its callers and before its next transaction: it copies only what the
+background rounds left, and the next transaction starts the WAL over. If the thread cannot keep up at
+all (starved of CPU, a reader holding an old snapshot), the writer's own automatic checkpoint takes
+over at :data:`SAFETY_PAGES`, as before.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ class Checkpointer:
         self._thread = threading.Thread(target=self._loop, name="store-checkpoint", daemon=True)
         self.checkpoints = 0
         """Passive checkpoints run so far (tests and the benchmark read it)."""
+        self.restart_wanted = False
+        """Set past :data:`RESTART_PAGES`: the store thread finishes the copy between two transactions."""
         self.restarts = 0
-        """Restarting checkpoints run so far (each holds writers back while it copies the last pages)."""
+        """Times the store thread finished a copy so that the WAL could start over."""
         self.max_wal_pages = 0
         """The most pages the WAL held at a checkpoint (how far behind the thread ever was)."""
 
@@ -86,12 +90,8 @@ class Checkpointer:
         """One passive checkpoint; True when commits landed meanwhile (go again at once)."""
         try:
             busy, wal_pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if wal_pages >= RESTART_PAGES and not busy:
-                # Under a steady stream of commits the copy never quite catches up, so the WAL cannot
-                # start over by itself: wait for the writer between two transactions, copy the few
-                # pages still missing (the passive rounds did the rest), and let the next one reset it.
-                busy, wal_pages, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                self.restarts += 1
+            if wal_pages >= RESTART_PAGES:
+                self.restart_wanted = True
         except sqlite3.Error as exc:  # a transient lock or I/O error: the next commit wakes us again
             log.debug("background WAL checkpoint of %s failed: %s", self.path, exc)
             return False
@@ -101,6 +101,20 @@ class Checkpointer:
             self.committed()
             return True
         return False
+
+
+def finish(checkpointer: Checkpointer | None, conn: sqlite3.Connection) -> None:
+    """Store thread, between transactions (its callers already answered): when the background thread
+    asked for it, copy the last pages so the next transaction starts the WAL over."""
+    if checkpointer is None or not checkpointer.restart_wanted:
+        return
+    checkpointer.restart_wanted = False
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    except sqlite3.Error as exc:  # the next request, or the safety mark, will do it
+        log.debug("WAL checkpoint of %s failed: %s", checkpointer.path, exc)
+        return
+    checkpointer.restarts += 1
 
 
 def configure(conn: sqlite3.Connection) -> None:
