@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 SAFETY_PAGES = 16_384
 """WAL pages (64 MiB at 4 KiB) past which the committing connection checkpoints by itself."""
 RESTART_PAGES = 4_096
-"""WAL pages (16 MiB) past which the thread makes the WAL start over (a brief wait for writers)."""
+"""WAL pages (16 MiB) past which the store thread copies the last pages itself, between two
+transactions, so that the next one starts the WAL over."""
 DELAY_S = 0.05
 """How long the thread lets commits accumulate before a checkpoint (fewer, larger copies)."""
 
