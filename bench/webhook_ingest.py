@@ -6,6 +6,12 @@ alternating order) until a server saturates. Afterwards the bot's store is check
 notification answered 200 has all its alerts stored, and the re-sent ones were reported as
 duplicates without new incidents.
 
+Issue 15's targets, each a ratio to the bare handler in the same run (medians of the runs): at the
+highest rate where the bare handler keeps p99 under 30 ms, the bot's p99 within 1.5x of its; the
+bot's ceiling (64 connections flat out) at least 0.9x of its; the bot's server CPU per notification
+(over the rates both ran) at most 1.3x of its. The largest size the SQLite WAL reached in a step is
+shown too: the bot checkpoints it in the background and it must stay bounded.
+
 The alerts match no playbook (alertname ``BenchIngest``), so they are stored as ``unmatched``
 incidents with their audit records and start no diagnostics: this measures the webhook, not the
 runner.
@@ -13,10 +19,12 @@ runner.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +32,14 @@ from typing import Any
 from bench.common import PY, RedisProc, Results, free_port, log, median, spawn, stop, tempdir
 from bench.loadgen import ALERTS, fingerprint
 
-P99_TARGET_MS = 25.0
+P99_TARGET_MS = 30.0
+"""The latency target is set at the highest rate where the bare handler keeps its p99 under this."""
+CEILING_RATIO = 0.9
+"""Target: the bot's ceiling (flat out) at least this share of the bare handler's."""
+CPU_RATIO = 1.3
+"""Target: the bot's server CPU per notification at most this multiple of the bare handler's."""
+P99_RATIO = 1.5
+"""Target: the bot's p99 at that rate at most this multiple of the bare handler's."""
 
 
 @dataclass
@@ -33,6 +48,7 @@ class Step:
     rate: float
     load: dict[str, Any]
     cpu_us: float
+    wal_max_mb: float = 0.0
     persisted_ok: bool = True
     dedupe_ok: bool = True
     notes: list[str] = field(default_factory=list)
@@ -49,6 +65,28 @@ def _cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class WalWatch:
+    """The largest size the SQLite WAL file reached during a step, polled every 50 ms from a thread
+    (background checkpoints must keep it bounded under a steady stream of commits)."""
+
+    def __init__(self, wal: Path) -> None:
+        self.wal = wal
+        self.max_bytes = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._done.wait(0.05):
+            with contextlib.suppress(OSError):
+                self.max_bytes = max(self.max_bytes, self.wal.stat().st_size)
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return self.max_bytes / 2**20
 
 
 def run_step(workdir: Path, side: str, rate: float, seconds: float, redis_url: str, tag: str) -> Step:
@@ -72,6 +110,7 @@ def run_step(workdir: Path, side: str, rate: float, seconds: float, redis_url: s
         if server.stdout.readline().strip() != "ready":
             raise RuntimeError(f"{side} server did not start; see {workdir / 'server.log'}")
         cpu0 = _cpu_s(server.pid)
+        wal = WalWatch(Path(f"{db}-wal"))
         acked = workdir / "acked.txt"
         gen = subprocess.run(
             [
@@ -96,9 +135,10 @@ def run_step(workdir: Path, side: str, rate: float, seconds: float, redis_url: s
         )
         load = json.loads(gen.stdout)
         cpu = _cpu_s(server.pid) - cpu0
+        wal_mb = wal.stop()
     finally:
         stop(server)
-    step = Step(side, rate, load, cpu / max(1, load["ok"]) * 1e6)
+    step = Step(side, rate, load, cpu / max(1, load["ok"]) * 1e6, wal_mb)
     if side == "bot":
         check_bot_store(step, db, acked, tag)
     return step
@@ -154,7 +194,8 @@ def bench(res: Results, rates: list[float], seconds: float, runs: int) -> None:
                     log(
                         f"ingest run {run + 1}/{runs} {side} @ {rate:g}/s: {ld['achieved_per_s']:.0f}/s,"
                         f" p50 {ld['p50_ms']:.1f} ms, p99 {ld['p99_ms']:.1f} ms, max {ld['max_ms']:.1f} ms,"
-                        f" server CPU {step.cpu_us:.0f} us/notification, errors {ld['errors']}"
+                        f" server CPU {step.cpu_us:.0f} us/notification, WAL max {step.wal_max_mb:.0f} MiB,"
+                        f" errors {ld['errors']}, load average {os.getloadavg()[0]:.1f}"
                         + (f" [{'; '.join(step.notes)}]" if step.notes else "")
                     )
                     if rate and (not step.ok_rate or ld["p99_ms"] > 1000):
@@ -180,32 +221,6 @@ def bench(res: Results, rates: list[float], seconds: float, runs: int) -> None:
         return best
 
     name = f"3 webhook ingest ({ALERTS} alerts/notification, {seconds:g} s per rate)"
-    target_rate = 3000.0 if 3000.0 in rates else max(rates)
-    if at("bot", target_rate):
-        ach = med("bot", target_rate, "achieved_per_s")
-        p99 = med("bot", target_rate, "p99_ms")
-        res.add(
-            name,
-            f"notifications/s at {target_rate:g}/s offered",
-            f"{ach:.0f}/s",
-            f"{med('baseline', target_rate, 'achieved_per_s'):.0f}/s" if at("baseline", target_rate) else "",
-            "",
-            f">= {target_rate:g}/s",
-            ach >= 0.97 * target_rate,
-        )
-        res.add(
-            name,
-            f"p50 / p99 latency at {target_rate:g}/s",
-            f"{med('bot', target_rate, 'p50_ms'):.1f} / {p99:.1f} ms",
-            f"{med('baseline', target_rate, 'p50_ms'):.1f} / {med('baseline', target_rate, 'p99_ms'):.1f} ms"
-            if at("baseline", target_rate)
-            else "",
-            "",
-            f"p99 < {P99_TARGET_MS:g} ms",
-            p99 < P99_TARGET_MS,
-        )
-    else:
-        res.add(name, f"at {target_rate:g}/s", "saturated below", "", "", f">= {target_rate:g}/s", False)
     cb, cs = ceiling("bot"), ceiling("baseline")
     res.add(
         name,
@@ -214,6 +229,30 @@ def bench(res: Results, rates: list[float], seconds: float, runs: int) -> None:
         f"{cs:.0f}/s",
         f"{cb / cs:.2f}x" if cs else "",
     )
+    # Target 1: at the highest rate where the bare handler keeps p99 under the mark, the bot's p99.
+    if cs and at("bot", cs):
+        pb, pbase = med("bot", cs, "p99_ms"), med("baseline", cs, "p99_ms")
+        ratio = pb / pbase if pbase else float("inf")
+        res.add(
+            name,
+            f"p50 / p99 at {cs:.0f}/s (the bare handler's highest rate with p99 < {P99_TARGET_MS:g} ms)",
+            f"{med('bot', cs, 'p50_ms'):.1f} / {pb:.1f} ms ({med('bot', cs, 'achieved_per_s'):.0f}/s)",
+            f"{med('baseline', cs, 'p50_ms'):.1f} / {pbase:.1f} ms",
+            f"{ratio:.2f}x",
+            f"p99 <= {P99_RATIO:g}x",
+            ratio <= P99_RATIO,
+        )
+    else:
+        res.add(
+            name,
+            f"p99 at the bare handler's highest rate with p99 < {P99_TARGET_MS:g} ms",
+            "no such rate" if not cs else "saturated below",
+            f"{cs:.0f}/s" if cs else "none kept p99 under the mark",
+            "",
+            f"p99 <= {P99_RATIO:g}x",
+            False,
+        )
+    # Target 2: the ceiling, both driven flat out by 64 connections.
     mb, ms = med("bot", 0.0, "achieved_per_s"), med("baseline", 0.0, "achieved_per_s")
     res.add(
         name,
@@ -221,13 +260,49 @@ def bench(res: Results, rates: list[float], seconds: float, runs: int) -> None:
         f"{mb:.0f}/s ({med('bot', 0.0, 'p99_ms'):.0f} ms)",
         f"{ms:.0f}/s ({med('baseline', 0.0, 'p99_ms'):.0f} ms)",
         f"{mb / ms:.2f}x",
+        f">= {CEILING_RATIO:g}x",
+        mb / ms >= CEILING_RATIO,
     )
+    # Target 3: server CPU per notification, over the rates both sides ran (a saturated side skips
+    # the higher rates, and the cost per notification depends on the rate).
+    common = {s.rate for s in steps if s.side == "bot"} & {s.rate for s in steps if s.side == "baseline"}
+    cpu_b = median([s.cpu_us for s in steps if s.side == "bot" and s.rate in common])
+    cpu_s = median([s.cpu_us for s in steps if s.side == "baseline" and s.rate in common])
     res.add(
         name,
-        "server CPU per notification (median)",
-        f"{median([s.cpu_us for s in steps if s.side == 'bot']):.0f} us",
-        f"{median([s.cpu_us for s in steps if s.side == 'baseline']):.0f} us",
+        "server CPU per notification (median over the rates both ran)",
+        f"{cpu_b:.0f} us",
+        f"{cpu_s:.0f} us",
+        f"{cpu_b / cpu_s:.2f}x",
+        f"<= {CPU_RATIO:g}x",
+        cpu_b / cpu_s <= CPU_RATIO,
     )
+    flat_b = median([s.cpu_us for s in steps if s.side == "bot" and s.rate == 0.0])
+    flat_s = median([s.cpu_us for s in steps if s.side == "baseline" and s.rate == 0.0])
+    res.add(
+        name,
+        "server CPU per notification, flat out",
+        f"{flat_b:.0f} us",
+        f"{flat_s:.0f} us",
+        f"{flat_b / flat_s:.2f}x",
+    )
+    target_rate = 3000.0 if 3000.0 in rates else max(rates)
+    if at("bot", target_rate):
+        res.add(
+            name,
+            f"at {target_rate:g}/s offered: answered, p50 / p99",
+            f"{med('bot', target_rate, 'achieved_per_s'):.0f}/s, {med('bot', target_rate, 'p50_ms'):.1f}"
+            f" / {med('bot', target_rate, 'p99_ms'):.1f} ms",
+            f"{med('baseline', target_rate, 'achieved_per_s'):.0f}/s, {med('baseline', target_rate, 'p50_ms'):.1f}"
+            f" / {med('baseline', target_rate, 'p99_ms'):.1f} ms"
+            if at("baseline", target_rate)
+            else "saturated below",
+        )
+    else:
+        res.add(name, f"at {target_rate:g}/s offered", "saturated below", "")
+    wal_b = max((s.wal_max_mb for s in steps if s.side == "bot"), default=0.0)
+    wal_s = max((s.wal_max_mb for s in steps if s.side == "baseline"), default=0.0)
+    res.add(name, "largest SQLite WAL during a step (bounded)", f"{wal_b:.0f} MiB", f"{wal_s:.0f} MiB")
     bots = [s for s in steps if s.side == "bot"]
     persisted = all(s.persisted_ok for s in bots)
     deduped = all(s.dedupe_ok for s in bots)

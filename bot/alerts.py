@@ -12,12 +12,17 @@ from typing import Any, Literal
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from bot.errors import InvalidNotification, RejectedAlert
 from bot.validation import field_path
 
 # Alertmanager writes the zero time for "no end yet".
 _ZERO_YEAR = 1
+_TIMES = (("starts_at", "startsAt"), ("ends_at", "endsAt"))
+_OUT_OF_RANGE = PydanticCustomError(
+    "value_error", "Value error, {error}", {"error": "timestamp out of range"}
+)
 
 
 class Alert(BaseModel):
@@ -33,26 +38,33 @@ class Alert(BaseModel):
     generator_url: str = Field(default="", alias="generatorURL")
     fingerprint: str = ""
 
-    @field_validator("starts_at", "ends_at")
-    @classmethod
-    def _utc(cls, v: datetime | None) -> datetime | None:
-        if v is None:
-            return None
-        if v.tzinfo is None:
-            v = v.replace(tzinfo=UTC)
-        try:
-            return v.astimezone(UTC)
-        except OverflowError:
-            raise ValueError("timestamp out of range") from None
-
     @model_validator(mode="after")
-    def _defaults(self) -> Alert:
-        if self.ends_at is not None and self.ends_at.year <= _ZERO_YEAR:
-            self.ends_at = None
+    def _normalise(self) -> Alert:
+        """Timestamps in UTC, Alertmanager's zero time as no end, a fingerprint for senders without one.
+
+        One Python call per alert, writing the fields in place: this runs for every alert the webhook
+        receives. An error still names its field (``startsAt``), as a field validator's would."""
+        values = self.__dict__
+        errors: list[InitErrorDetails] = []
+        for name, alias in _TIMES:
+            v = values[name]
+            if v is None:
+                continue
+            if v.tzinfo is None:
+                v = v.replace(tzinfo=UTC)
+            try:
+                values[name] = v.astimezone(UTC)
+            except OverflowError:
+                errors.append(InitErrorDetails(type=_OUT_OF_RANGE, loc=(alias,), input=v.isoformat()))
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        ends = values["ends_at"]
+        if ends is not None and ends.year <= _ZERO_YEAR:
+            values["ends_at"] = None
         if not self.fingerprint:
             # Alertmanager always sends one; other senders may not. Same labels, same fingerprint.
             canon = "\x00".join(f"{k}\x01{v}" for k, v in sorted(self.labels.items()))
-            self.fingerprint = hashlib.sha256(canon.encode()).hexdigest()[:16]
+            values["fingerprint"] = hashlib.sha256(canon.encode()).hexdigest()[:16]
         return self
 
     @property

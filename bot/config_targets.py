@@ -7,6 +7,7 @@ rules a templated URL must follow, :mod:`bot.topology` the Sentinel settings.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -72,6 +73,14 @@ class LabelMatcher(StrictModel):
         if any(labels.get(name) != value for name, value in self.match.items()):
             return False
         return all(rx.fullmatch(labels.get(name, "")) is not None for name, rx in self.match_re.items())
+
+    def admits(self, name: str, value: str) -> bool:
+        """Whether the matchers on label ``name`` (if any) accept ``value``: a necessary condition of
+        :meth:`matches` for labels where ``name`` has that value."""
+        if name in self.match and self.match[name] != value:
+            return False
+        rx = self.match_re.get(name)
+        return rx is None or rx.fullmatch(value) is not None
 
 
 class TargetConfig(LabelMatcher):
@@ -150,11 +159,17 @@ class TargetConfig(LabelMatcher):
         """The target's name for these labels, without building a client (the webhook's hot path).
 
         Raises :class:`TargetRefused` when the labels point outside ``allowed_addresses``."""
+        fixed = self.fixed_name
+        return fixed if fixed is not None else self.resolve(labels).name
+
+    @cached_property
+    def fixed_name(self) -> str | None:
+        """The name when no label goes into it (Sentinel, or no template), computed once."""
         if self.sentinel is not None:
             return self.label
         if "{{" not in self.where and "{{" not in (self.name or ""):
             return self.name or default_name(self.where)
-        return self.resolve(labels).name
+        return None
 
     def resolve(self, labels: dict[str, str], timeout: float = 5.0, *, action: bool = False) -> RedisTarget:
         """The concrete target for an alert: the URL with ``{{ labels.X }}`` filled from its labels.

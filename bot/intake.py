@@ -18,6 +18,7 @@ from bot.incidents import Incident
 from bot.playbook import PlaybookSet
 from bot.runner import Runner
 from bot.store import IngestItem, IngestResult, Store
+from bot.targets import REFUSED_NOTE
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ def match_alert(
 
     Labels pointing a templated target outside its ``allowed_addresses`` store the alert with no
     target and the note ``refused: <why>`` (:data:`bot.targets.REFUSED_NOTE`): nothing runs for it."""
-    from bot.targets import REFUSED_NOTE
-
     pb = playbooks.match(alert.labels)
     note = ""
     target = None

@@ -122,11 +122,18 @@ class Metrics:
         for state in IncidentState:
             self.incidents.labels(str(state))
         self._incidents_read = 0.0
+        # Label children of the per-request series, looked up once (``labels()`` validates and
+        # hashes its arguments on every call; these run for every notification).
+        self._received: dict[tuple[str, str], Counter] = {}
+        self._webhook: dict[int, Histogram] = {}
 
     # -- recording ------------------------------------------------------------------------------
 
     def alert_received(self, status: str, source: str, count: int = 1) -> None:
-        self.alerts_received.labels(status, source).inc(count)
+        child = self._received.get((status, source))
+        if child is None:
+            child = self._received[(status, source)] = self.alerts_received.labels(status, source)
+        child.inc(count)
 
     def alert_rejected(self, field: str, count: int = 1) -> None:
         self.alerts_rejected.labels(field).inc(count)
@@ -149,7 +156,10 @@ class Metrics:
             self.approval_seconds.observe(max(0.0, time.time() - asked))
 
     def webhook_request(self, code: int, seconds: float) -> None:
-        self.webhook_seconds.labels(str(code)).observe(seconds)
+        child = self._webhook.get(code)
+        if child is None:
+            child = self._webhook[code] = self.webhook_seconds.labels(str(code))
+        child.observe(seconds)
 
     def breaker(self, target: str, held: bool) -> None:
         self.breaker_open.labels(target).set(1 if held else 0)

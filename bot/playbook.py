@@ -23,6 +23,8 @@ from bot.steps import REGISTRY, StepParams, StepType
 from bot.validation import StrictModel, load_yaml, validation_problems
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_CANDIDATES_MEMO = 4096
+"""Alertnames whose candidate playbooks :class:`PlaybookSet` remembers at most."""
 
 
 class StepSpec(StrictModel):
@@ -154,9 +156,23 @@ class PlaybookSet:
     def __init__(self, playbooks: list[Playbook]) -> None:
         self.playbooks = playbooks
         self.by_name = {p.name: p for p in playbooks}
+        self._candidates: dict[str, tuple[Playbook, ...]] = {}
+
+    def _for_alertname(self, alertname: str) -> tuple[Playbook, ...]:
+        """The playbooks whose ``alertname`` matcher (exact or regex) admits ``alertname``, in file
+        order: the webhook's hot path tries only these. Remembered per alertname; the memo is
+        bounded because alertnames come from whoever can POST an alert."""
+        found = self._candidates.get(alertname)
+        if found is None:
+            found = tuple(p for p in self.playbooks if p.matcher.admits("alertname", alertname))
+            if len(self._candidates) >= _CANDIDATES_MEMO:
+                self._candidates.clear()
+            self._candidates[alertname] = found
+        return found
 
     def match(self, labels: dict[str, str]) -> Playbook | None:
-        for p in self.playbooks:
+        alertname = labels.get("alertname")
+        for p in self.playbooks if alertname is None else self._for_alertname(alertname):
             if p.matches(labels):
                 return p
         return None

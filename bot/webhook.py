@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
+import pydantic_core
 from aiohttp import web
 
 from bot.alerts import parse_notification
@@ -97,17 +98,17 @@ async def _handle_alerts(request: web.Request) -> web.Response:
         log.error("cannot persist alerts: %s", exc)
         return _error(503, "cannot persist the alerts right now; Alertmanager will retry")
     _report_rejected(request, rejected, len(notification.alerts))  # after: a 503 is sent again
-    return web.json_response(
-        {
-            "status": "ok",
-            "accepted": len(notification.alerts),
-            "new_incidents": result.new,
-            "joined": {str(k): v for k, v in result.merged.items()},
-            "resolved_incidents": result.resolved,
-            "duplicates": result.duplicates,
-            "rejected": [r.as_json() for r in rejected],
-        }
-    )
+    answer = {
+        "status": "ok",
+        "accepted": len(notification.alerts),
+        "new_incidents": result.new,
+        "joined": {str(k): v for k, v in result.merged.items()},
+        "resolved_incidents": result.resolved,
+        "duplicates": result.duplicates,
+        "rejected": [r.as_json() for r in rejected],
+    }
+    # Encoded in Rust (pydantic-core): the stdlib encoder showed in the profile of every answer.
+    return web.Response(body=pydantic_core.to_json(answer), content_type="application/json")
 
 
 def _report_rejected(request: web.Request, rejected: list[RejectedAlert], stored: int | None) -> None:

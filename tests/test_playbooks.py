@@ -63,3 +63,34 @@ def test_broken_playbooks_report_every_problem_with_file_and_field(tmp_path: Pat
 def test_empty_folder_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no playbooks"):
         load_playbooks(tmp_path)
+
+
+def test_matching_by_alertname_keeps_the_first_playbook_in_file_order() -> None:
+    """The webhook tries only the playbooks whose alertname matcher admits the alert's alertname
+    (remembered per alertname), yet the first matching playbook in file order still wins, whether
+    it names the alertname exactly, by regex, or not at all."""
+    from bot.config import LabelMatcher
+    from bot.playbook import Playbook, PlaybookSet
+
+    def pb(name: str, **matchers: dict[str, str]) -> Playbook:
+        return Playbook(name, "", "", LabelMatcher(**matchers), (), False, f"{name}.yaml")
+
+    pbs = PlaybookSet(
+        [
+            pb("a-exact", match={"alertname": "A", "severity": "page"}),
+            pb("b-regex", match_re={"alertname": "A|B"}),
+            pb("c-any-alertname", match={"team": "cache"}),
+            pb("d-exact", match={"alertname": "A"}),
+        ]
+    )
+    assert pbs.match({"alertname": "A", "severity": "page"}).name == "a-exact"  # type: ignore[union-attr]
+    assert pbs.match({"alertname": "A"}).name == "b-regex"  # type: ignore[union-attr]
+    assert pbs.match({"alertname": "B", "team": "cache"}).name == "b-regex"  # type: ignore[union-attr]
+    assert pbs.match({"alertname": "C", "team": "cache"}).name == "c-any-alertname"  # type: ignore[union-attr]
+    assert pbs.match({"team": "cache"}).name == "c-any-alertname"  # type: ignore[union-attr]
+    assert pbs.match({"alertname": "C"}) is None
+    assert pbs.match({"alertname": "A", "severity": "page"}).name == "a-exact"  # type: ignore[union-attr]  # memo
+    for n in range(5000):  # the memo of alertnames stays bounded against a sender inventing names
+        assert pbs.match({"alertname": f"X{n}"}) is None
+    assert len(pbs._candidates) <= 4096
+    assert pbs.match({"alertname": "B"}).name == "b-regex"  # type: ignore[union-attr]

@@ -23,6 +23,9 @@ from typing import Any, TypeVar
 from bot.errors import StoreError
 from bot.incidents import AuditEntry, iso
 from bot.store.records import dumps
+from bot.store.sqlite_checkpoint import Checkpointer
+from bot.store.sqlite_checkpoint import configure as configure_checkpoints
+from bot.store.sqlite_checkpoint import finish as finish_checkpoint
 
 T = TypeVar("T")
 
@@ -183,6 +186,27 @@ def _migrate_v6(conn: sqlite3.Connection) -> None:
     )
 
 
+_OPEN_STATES = "('new', 'diagnosing', 'awaiting_approval', 'remediating')"
+_V7_INDEXES = f"""
+DROP INDEX IF EXISTS incidents_open_by_target;
+DROP INDEX IF EXISTS incidents_firing_by_target;
+DROP INDEX IF EXISTS incidents_lease;
+CREATE INDEX incidents_open_by_target ON incidents (target, playbook, state)
+    WHERE state IN {_OPEN_STATES};
+CREATE INDEX incidents_firing_by_target ON incidents (target, alertname, alert_status)
+    WHERE alert_status = 'firing' AND state NOT IN ('unmatched', 'merged');
+CREATE INDEX incidents_lease ON incidents (state, lease_until) WHERE state IN {_OPEN_STATES};
+"""
+
+
+def _migrate_v7(conn: sqlite3.Connection) -> None:
+    """The look-ups of open or firing incidents by target, and the lease sweep, use partial indexes
+    holding only the rows they can find (each query repeats the index's condition word for word, so
+    SQLite uses it): closed, unmatched and merged incidents, the bulk of the table, are no longer
+    written into three indexes on every ingest."""
+    _execute_script(conn, _V7_INDEXES)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_v1,
     _migrate_v2,
@@ -190,6 +214,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_v4,
     _migrate_v5,
     _migrate_v6,
+    _migrate_v7,
 )
 """Schema versions in order; ``PRAGMA user_version`` records how many have been applied."""
 
@@ -201,6 +226,8 @@ class SQLiteBase:
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._conn: sqlite3.Connection | None = None
+        self.checkpointer: Checkpointer | None = None
+        """Background WAL checkpoints (see :mod:`bot.store.sqlite_checkpoint`), once open."""
         self.write_failures = 0
         """Consecutive failed write transactions (readiness reports the store as failing)."""
 
@@ -235,6 +262,12 @@ class SQLiteBase:
             self.write_failures += 1
             raise
         self.write_failures = 0
+        self._committed()
+        finish_checkpoint(self.checkpointer, conn)
+
+    def _committed(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.committed()
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +279,9 @@ class SQLiteBase:
         conn.execute("PRAGMA busy_timeout=10000")
         self._conn = conn
         self._migrate(conn)
+        configure_checkpoints(conn)
+        self.checkpointer = Checkpointer(self.path)
+        self.checkpointer.start()
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -267,6 +303,9 @@ class SQLiteBase:
         return self
 
     async def close(self) -> None:
+        if self.checkpointer is not None:  # joins its thread: off the event loop
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.checkpointer.stop)
+            self.checkpointer = None
         if self._conn is not None:
             await self._run(self.conn.close)
             self._conn = None

@@ -26,6 +26,7 @@ from bot.incidents import ApprovalState, IncidentState, StepStatus
 from bot.lifecycle import Event
 from bot.store.records import IngestItem, IngestResult, strings_json
 from bot.store.sqlite_base import SQLiteBase
+from bot.store.sqlite_checkpoint import finish as finish_checkpoint
 
 # Multi-row inserts from one statement per size class (1, 2, 4, ... 256 rows, so SQLite's statement
 # cache holds them all): rows are padded with NULLs up to the size class and the padding is filtered
@@ -368,6 +369,8 @@ class IngestMixin(SQLiteBase):
                         self._ingest_scheduled = False
                     self._answer(late, [StoreError(f"state store {self.path} is closed")] * len(late))
         self._answer(group, outcomes)
+        if self._conn is not None:
+            finish_checkpoint(self.checkpointer, self._conn)  # after the answers: they do not wait
 
     def _ingest_many(self, batches: list[Sequence[IngestItem]]) -> list[IngestResult | BaseException]:
         conn = self.conn
@@ -393,6 +396,7 @@ class IngestMixin(SQLiteBase):
                 conn.execute("ROLLBACK")
             return [StoreError(f"state store {self.path}: {exc}")] * len(batches)
         self.ingest_transactions += 1
+        self._committed()
         return results
 
     def _ingest_alone(self, items: Sequence[IngestItem]) -> IngestResult | BaseException:
