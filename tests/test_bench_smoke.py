@@ -54,3 +54,27 @@ def test_quick_bench_prints_the_memory_targets_with_baselines_and_verdicts(tmp_p
     assert dry[2]["met"] is True, dry[2]["note"]  # the plan reuses the report: no second scan
     for metric in ("wall time vs the floor", "remediation-bot run --dry-run", "top namespace"):
         assert metric in out.stdout
+
+
+def test_quick_ingest_bench_prints_its_three_targets_and_loses_nothing(tmp_path: Path) -> None:
+    """The ingest benchmark against the bare aiohttp + SQLite handler, at one low rate for a second:
+    the three ratio targets of issue 15 are printed with their baselines and verdicts, and every
+    notification the bot answered 200 is in its store (the correctness row must be met)."""
+    raw = tmp_path / "bench.json"
+    argv = ["--quick", "--only", "ingest", "--rates", "200", "--seconds", "1", "--json", str(raw)]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [r for r in json.loads(raw.read_text())["rows"] if r["bench"].startswith("3 webhook ingest")]
+    by_target = {r["target"]: r for r in rows if r["target"]}
+    assert {"p99 <= 1.5x", ">= 0.9x", "<= 1.3x"} <= set(by_target), sorted(by_target)
+    for target in ("p99 <= 1.5x", ">= 0.9x", "<= 1.3x"):
+        assert isinstance(by_target[target]["met"], bool) and by_target[target]["baseline"]
+    stored = next(r for r in rows if r["metric"] == "every accepted alert stored; re-sends collapsed")
+    assert stored["met"] is True, stored["note"]
+    assert "server CPU per notification" in out.stdout
