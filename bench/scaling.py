@@ -1,6 +1,6 @@
 """Benchmark 5: the memory report's time and the bot's peak RSS as the key count grows.
 
-A fresh server per size (100k, 1M, 5M; 10M with ``--large``); the report runs in its own process
+A fresh server per size (100k and 1M; 5M and 10M with ``--large``); the report runs in its own process
 each time (see :mod:`bench.memreport_child`), so the peak RSS is the report's alone (interpreter and
 imports included). Time should grow linearly with the keys, memory not at all. From 5M keys on, the
 sampled estimate (``redis.memory_estimate``) runs on the same data too: under a second, and its top
