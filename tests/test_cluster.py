@@ -133,8 +133,9 @@ def tagged(
     topo: ClusterSetup, rc: redis.RedisCluster, owner: RedisServer, n: int, skip: int = 0
 ) -> tuple[int, list[bytes]]:
     """``n`` new agent keys sharing one hash tag, in a slot ``owner`` holds: (slot, keys)."""
+    ranges = topo.slot_ranges()
     tags = (f"t{i}" for i in range(10_000))
-    found = [t for t in tags if topo.owner(int(rc.keyslot(t))) is owner][skip]
+    found = [t for t in tags if topo.owner(int(rc.keyslot(t)), ranges) is owner][skip]
     keys = [f"agent:{{{found}}}:{i}".encode() for i in range(n)]
     rc.mset(dict.fromkeys(keys, b"x"))
     return int(rc.keyslot(found)), keys

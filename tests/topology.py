@@ -169,10 +169,17 @@ class ClusterSetup:
     def node_id(self, node: RedisServer) -> str:
         return str(node.sync_client().execute_command("CLUSTER", "MYID").decode())
 
-    def owner(self, slot: int) -> RedisServer:
-        for start, end, master, *_ in self.nodes[0].sync_client().execute_command("CLUSTER", "SLOTS"):
+    def slot_ranges(self) -> list[tuple[int, int, RedisServer]]:
+        """``(first slot, last slot, primary)`` per range of CLUSTER SLOTS, read once."""
+        ranges = self.nodes[0].sync_client().execute_command("CLUSTER", "SLOTS")
+        by_port = {x.port: x for x in self.nodes}
+        return [(int(start), int(end), by_port[int(master[1])]) for start, end, master, *_ in ranges]
+
+    def owner(self, slot: int, ranges: list[tuple[int, int, RedisServer]] | None = None) -> RedisServer:
+        """The primary holding ``slot`` (``ranges``: a :meth:`slot_ranges` read already made)."""
+        for start, end, node in ranges if ranges is not None else self.slot_ranges():
             if start <= slot <= end:
-                return next(x for x in self.nodes if x.port == int(master[1]))
+                return node
         raise AssertionError(f"slot {slot} has no owner")
 
     def migrate(
