@@ -53,7 +53,7 @@ format: $(VENV)/.installed
 check: $(VENV)/.installed  ## validate the example config and the bundled playbooks
 	$(BIN)/python -m bot check --offline --config examples/bot.yaml
 
-bench: $(VENV)/.installed  ## benchmarks against their baselines (about 9 min; --quick via BENCH_ARGS=--quick)
+bench: $(VENV)/.installed  ## benchmarks against their baselines (default set about 6 min; BENCH_ARGS=--quick, --all, --large)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:

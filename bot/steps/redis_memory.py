@@ -32,7 +32,7 @@ def on_replica(replica: str | None) -> str:
 
 class MemoryReportParams(StepParams):
     top: int = Field(10, ge=1, le=1000)
-    count: int = Field(1000, ge=10, le=10_000)
+    count: int = Field(500, ge=10, le=10_000)
     separator: str = Field(":", min_length=1, max_length=8)
     depth: int = Field(1, ge=1, le=10)
     samples: int = Field(5, ge=0, le=10_000)
