@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -60,6 +61,20 @@ class DecisionOutcome:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
+def settle_ingests(
+    pairs: Iterable[tuple[asyncio.Future[IngestResult], IngestResult | BaseException]],
+) -> None:
+    """Hand each caller of a group commit its own outcome (both backends). A caller that went away
+    (cancelled) is skipped: its alerts are stored all the same."""
+    for fut, outcome in pairs:
+        if fut.done():
+            continue
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
 
 
 def dumps(value: Any) -> str:

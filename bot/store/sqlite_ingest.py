@@ -24,7 +24,7 @@ from bot import lifecycle
 from bot.errors import StoreError
 from bot.incidents import ApprovalState, IncidentState, StepStatus
 from bot.lifecycle import Event
-from bot.store.records import IngestItem, IngestResult, strings_json
+from bot.store.records import IngestItem, IngestResult, settle_ingests, strings_json
 from bot.store.sqlite_base import SQLiteBase
 from bot.store.sqlite_checkpoint import finish as finish_checkpoint
 
@@ -416,18 +416,9 @@ class IngestMixin(SQLiteBase):
         for (_, fut), outcome in zip(group, outcomes, strict=True):
             by_loop[fut.get_loop()].append((fut, outcome))
 
-        def settle(pairs: list[tuple[asyncio.Future[IngestResult], Any]]) -> None:
-            for fut, outcome in pairs:
-                if fut.done():  # the caller went away (cancelled); its alerts are stored all the same
-                    continue
-                if isinstance(outcome, BaseException):
-                    fut.set_exception(outcome)
-                else:
-                    fut.set_result(outcome)
-
         for loop, pairs in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
-                loop.call_soon_threadsafe(settle, pairs)
+                loop.call_soon_threadsafe(settle_ingests, pairs)
 
     async def ingest(self, items: Sequence[IngestItem]) -> IngestResult:
         """Persist a notification's alerts atomically; repeats of a known alert are no-ops.

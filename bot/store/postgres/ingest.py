@@ -45,7 +45,7 @@ from bot.lifecycle import Event
 from bot.store.postgres.base import Conn, lock_key, storable
 from bot.store.postgres.moves import MovesMixin
 from bot.store.postgres.reads import OPEN_STATES
-from bot.store.records import IngestItem, IngestResult, approval_of, strings_json
+from bot.store.records import IngestItem, IngestResult, approval_of, settle_ingests, strings_json
 
 _NEW, _UNMATCHED, _MERGED = IncidentState.NEW.value, IncidentState.UNMATCHED.value, IncidentState.MERGED.value
 
@@ -165,13 +165,7 @@ class IngestMixin(MovesMixin):
         finally:
             self._ingest_running -= 1
             self._start_groups()
-        for (_, fut), outcome in zip(group, outcomes, strict=True):
-            if fut.done():  # the caller went away (cancelled); its alerts are stored all the same
-                continue
-            if isinstance(outcome, BaseException):
-                fut.set_exception(outcome)
-            else:
-                fut.set_result(outcome)
+        settle_ingests((fut, outcome) for (_, fut), outcome in zip(group, outcomes, strict=True))
 
     async def _ingest_many(self, batches: list[Sequence[IngestItem]]) -> list[IngestResult | BaseException]:
         """One transaction for every notification of the group; if it fails and there were several,
