@@ -211,6 +211,7 @@ _ACTIONS = "('action.executed', 'breaker.reset')"
 _V8_INDEXES = f"""
 DROP INDEX IF EXISTS incidents_state;
 DROP INDEX IF EXISTS audit_target;
+DROP INDEX IF EXISTS audit_actions_by_target;
 CREATE INDEX audit_actions_by_target ON audit (target, kind, ts) WHERE kind IN {_ACTIONS};
 """
 
