@@ -16,15 +16,16 @@ import pytest
 import redis
 
 from bot.redisconn import RedisTarget
-from bot.redisops import memory
+from bot.redisops import measure, memory
 
 MIXED_KEYS = 300
 CACHE_KEYS = 2000
 SESSION_KEYS = 1000
+CACHE_OUTLIERS = {500, 901, 1400, 1777, 1999}
 
 
 def seed_mixed(client: redis.Redis) -> None:
-    """``user:`` mixes all six types in random order; ``cache:`` strings and ``sess:`` hashes don't."""
+    """``user:`` mixes all six types in random order; ``cache:`` is strings but 5 of 2000, ``sess:`` hashes."""
     rng = random.Random(7)
     pipe = client.pipeline(transaction=False)
     for i in range(MIXED_KEYS):
@@ -45,7 +46,10 @@ def seed_mixed(client: redis.Redis) -> None:
             for j in range(n):
                 pipe.xadd(key, {"j": j})
     for i in range(CACHE_KEYS):
-        pipe.set(f"cache:{i}", "v" * (i % 50))
+        if i in CACHE_OUTLIERS:  # a few keys of other types among the strings
+            pipe.hset(f"cache:{i}", "f", i) if i % 2 else pipe.rpush(f"cache:{i}", i)
+        else:
+            pipe.set(f"cache:{i}", "v" * (i % 50))
     for i in range(SESSION_KEYS):
         pipe.hset(f"sess:{i}", mapping={"user": i, "ts": i})
     pipe.set("nosep", "abc")
@@ -96,16 +100,29 @@ async def test_type_is_asked_only_where_the_prefix_mixes_types(
 
     stats = redis_sync.info("commandstats")
     type_calls = stats["cmdstat_type"]["calls"]
-    batches = total // 50 + 2
-    # Every user: key is asked (its prefix mixes types); a cache: or sess: key only while its
-    # prefix is not yet known: at most once per prefix and batch, in the first batches.
-    assert MIXED_KEYS <= type_calls <= MIXED_KEYS + 4 * batches
-    assert type_calls < total / 5
+    # Every user: key is asked (its prefix mixes types, so it is never guessed); a cache: or sess:
+    # key only until the caller has seen 100 keys of its prefix and sent the guess (every 8 batches,
+    # one batch ahead), and a cache: outlier that was guessed wrong.
+    assert MIXED_KEYS <= type_calls <= MIXED_KEYS + 2 * memory.HINT_EVERY * 50 + len(CACHE_OUTLIERS)
+    assert type_calls < total / 4
     assert stats["cmdstat_memory|usage"]["calls"] == total
-    # A wrong guess costs one WRONGTYPE reply, then the prefix is not guessed again: the first
-    # batches may guess user: once each before the caller marks it as mixed.
+    # A wrong guess is a WRONGTYPE reply: only outliers of a guessed prefix, never a mixed one's keys.
     errors = redis_sync.info("errorstats").get("errorstat_WRONGTYPE", {"count": 0})["count"]
-    assert errors <= 3
+    assert report.type_guess_misses == errors <= len(CACHE_OUTLIERS)
+
+
+def test_a_prefix_is_guessed_from_100_keys_at_99_percent_of_one_type() -> None:
+    def stats(**counts: int) -> dict[tuple[bytes | None, bytes], list[Any]]:
+        return {(b"p:", t.encode()): [n] for t, n in counts.items()}
+
+    types = [b"string", b"hash", b"ReJSON-RL"]
+    assert measure.type_hints(stats(string=99), [b"p:"], types) == []
+    assert measure.type_hints(stats(string=100), [b"p:"], types) == [b"p:", b"string"]
+    assert measure.type_hints(stats(string=990, hash=10), [b"p:"], types) == [b"p:", b"string"]
+    assert measure.type_hints(stats(string=989, hash=11), [b"p:"], types) == []
+    assert measure.type_hints(stats(hash=5000), [b"p:", b"q:"], types) == [b"p:", b"hash"]
+    # A type without a length command cannot be guessed: TYPE is asked.
+    assert measure.type_hints(stats(**{"ReJSON-RL": 500}), [b"p:"], types) == []
 
 
 async def test_samples_reach_memory_usage(target: RedisTarget, redis_sync: redis.Redis) -> None:

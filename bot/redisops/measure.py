@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -21,15 +21,16 @@ from bot.redisops.common import call
 # elements, ...}. Key names never travel back to Redis, and nothing can vanish between SCAN and
 # measurement. MEMORY USAGE is nil (Lua false) for a missing key; such keys are skipped by the caller.
 #
-# TYPE is not asked of every key: keys sharing a prefix nearly always share a type, so the script
-# first tries the length command of the type its prefix has had (ARGV from 6 on: prefix, type pairs
-# the caller has seen; a prefix first met in this batch learns from its first key). The length
-# commands are type-checked (STRLEN only counts strings, HLEN only hashes, ...), so a number back
-# proves the type; a WRONGTYPE reply (caught by pcall; INFO errorstats counts it) means ask TYPE,
-# and the prefix is not guessed again in this batch. That saves one of three commands per key, a
-# quarter of Redis's work. MEMORY USAGE is sent without SAMPLES when the caller asks for Redis's
-# default of 5 (two fewer arguments per key). The script only reads, touches only keys SCAN found
-# on this node, and has no shebang so it also runs on Redis 6 and while Redis is OOM.
+# TYPE is not asked of every key: keys sharing a prefix nearly always share a type, so for a prefix
+# whose keys so far are at least 99 % of one type (ARGV from 6 on: prefix, type pairs, see
+# :func:`type_hints`) the script asks that type's length command first. The length commands are
+# type-checked (STRLEN only counts strings, HLEN only hashes, ...), so a number back proves the
+# type; a WRONGTYPE reply (caught by pcall, but counted by INFO errorstats) means ask TYPE. So
+# WRONGTYPE replies stay under about 1 % of a guessed prefix's keys, none where types mix; the
+# script returns how many as the reply's last element. Saving TYPE is one of three commands per
+# key. MEMORY USAGE is sent without SAMPLES when the caller asks for Redis's default of 5 (two
+# fewer arguments per key). The script only reads, touches only keys SCAN found on this node, and
+# has no shebang so it also runs on Redis 6 and while Redis is OOM.
 _REPORT_SCRIPT = """
 local lencmd = {string='STRLEN', list='LLEN', hash='HLEN', set='SCARD', zset='ZCARD', stream='XLEN'}
 local page = redis.call('SCAN', ARGV[1], 'COUNT', ARGV[2])
@@ -39,9 +40,10 @@ if samples == '5' then samples = nil end
 local sep, depth = ARGV[4], tonumber(ARGV[5])
 local guess = {}
 for j = 6, #ARGV - 1, 2 do
-  guess[ARGV[j]] = lencmd[ARGV[j + 1]] and ARGV[j + 1] or false
+  guess[ARGV[j]] = lencmd[ARGV[j + 1]] and ARGV[j + 1]
 end
 local out = {page[1], keys}
+local misses = 0
 for i = 1, #keys do
   local k = keys[i]
   local pos, stop = 1, 0
@@ -57,13 +59,12 @@ for i = 1, #keys do
     n = redis.pcall(lencmd[t], k)
     if type(n) ~= 'number' then
       t = nil
-      guess[p] = false
+      misses = misses + 1
     end
   end
   if not t then
     t = redis.call('TYPE', k)['ok']
     local c = lencmd[t]
-    if guess[p] == nil then guess[p] = c and t or false end
     n = c and redis.call(c, k) or 0
   end
   out[3 * i] = t
@@ -74,13 +75,42 @@ for i = 1, #keys do
   end
   out[3 * i + 2] = n
 end
+out[3 * #keys + 3] = misses
 return out
 """
 _REPORT_SCRIPT_SHA = hashlib.sha1(_REPORT_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 HINTS = 128
-"""Prefixes whose type the script is told (more cost arguments on every call than they save)."""
-MIXED = b"mixed"
-"""The hint of a prefix seen with two types: the script asks TYPE for its keys."""
+"""Prefixes whose type the script is told at most (more cost arguments on every call than they save)."""
+HINT_MIN_KEYS = 100
+HINT_SHARE = 0.99
+
+
+def type_hints(
+    stats: Mapping[tuple[bytes | None, bytes], list[Any]], prefixes: Iterable[bytes], types: Iterable[bytes]
+) -> list[bytes]:
+    """Flat (prefix, type) pairs for the prefixes whose keys so far are >= 99 % of one type.
+
+    ``stats`` maps (prefix, type) to the report's buckets (key count first). A prefix needs at
+    least :data:`HINT_MIN_KEYS` keys seen, so one early outlier cannot make it a guess, and a
+    prefix that mixes types is never guessed: each wrong guess is a WRONGTYPE reply in INFO
+    errorstats, so they must stay rare.
+    """
+    types = tuple(types)
+    out: list[bytes] = []
+    for prefix in prefixes:
+        total = best = 0
+        best_type = b""
+        for typ in types:
+            bucket = stats.get((prefix, typ))
+            if bucket is not None:
+                total += bucket[0]
+                if bucket[0] > best:
+                    best, best_type = bucket[0], typ
+        if total >= HINT_MIN_KEYS and best >= HINT_SHARE * total and best_type in _LENGTH_COMMANDS:
+            out += (prefix, best_type)
+    return out
+
+
 _LENGTH_COMMANDS = {
     b"string": "STRLEN",
     b"list": "LLEN",
@@ -94,8 +124,7 @@ _LENGTH_COMMANDS = {
 class ReportScript:
     """Runs the report script batch after batch on one connection, one request ahead.
 
-    :meth:`learn` keeps the type each prefix has had so far (at most :data:`HINTS` prefixes, the
-    first met, which are the most common ones), sent with every request as the script's type guess.
+    ``hints`` (set by the caller between batches) go with every request as the script's type guess.
 
     :meth:`prefetch` sends the next batch's request before the caller works through the current
     reply, so Redis measures batch n+1 while Python aggregates batch n: the scan takes about as long
@@ -113,21 +142,12 @@ class ReportScript:
         self.separator = separator
         self.depth = depth
         self.hints: list[bytes] = []
-        self._types: dict[bytes, bytes] = {}
-        """Flat (prefix, type) pairs for the script's type guess; type ``b"mixed"`` = don't guess."""
+        """Flat (prefix, type) pairs for the script's type guess (see :func:`type_hints`)."""
+        self.misses = 0
+        """Guesses that missed: WRONGTYPE replies inside the script (INFO errorstats counts them)."""
         self.loaded = False
         self.pending: int | None = None
         self.batches = 0
-
-    def learn(self, prefix: bytes, typ: bytes) -> None:
-        """Record that a key of ``prefix`` had ``typ`` (call it when that pair is first seen)."""
-        known = self._types.get(prefix)
-        if known in (typ, MIXED):
-            return
-        if known is None and len(self._types) >= HINTS:
-            return
-        self._types[prefix] = typ if known is None else MIXED
-        self.hints = [x for pair in self._types.items() for x in pair]
 
     async def _send(self, cursor: int) -> None:
         connection = self.conn.connection
@@ -166,7 +186,8 @@ class ReportScript:
             reply = await self._read()
         self.loaded = True
         self.batches += 1
-        return int(reply[0]), list(reply[1]), reply[2:]
+        self.misses += int(reply[-1])
+        return int(reply[0]), list(reply[1]), reply[2:-1]
 
     async def close(self) -> None:
         if self.pending is not None and self.conn.connection is not None:

@@ -13,7 +13,10 @@ import redis.asyncio as aioredis
 from redis import exceptions as rex
 
 from bot.redisops.common import ProgressCallback, display_key, prefix_label, prefix_of, scan_batch
-from bot.redisops.measure import ReportScript, batch_by_pipeline, no_touch_client
+from bot.redisops.measure import HINTS, ReportScript, batch_by_pipeline, no_touch_client, type_hints
+
+HINT_EVERY = 8
+"""Batches between two updates of the script's type guesses (each update reads every hinted bucket)."""
 
 # Element unit of each type's length command, as --bigkeys reports them.
 ELEMENT_UNITS = {
@@ -119,6 +122,7 @@ class MemoryReport:
     samples: int
     method: str
     no_touch: bool
+    type_guess_misses: int
     elapsed_s: float
     prefixes_tracked: int
     prefixes_overflowed: bool
@@ -166,6 +170,8 @@ async def memory_report(
     prefixes: set[bytes] = set()
     heap: list[tuple[int, bytes, bytes, int]] = []
     heap_floor = -1  # keys smaller than this cannot enter the full heap
+    hinted: dict[bytes, None] = {}  # the first HINTS prefixes met, whose type the script may guess
+    types_seen: set[bytes] = set()
     scanned = vanished = 0
     next_progress = progress_every
     cursor = 0
@@ -181,12 +187,14 @@ async def memory_report(
         bucket = stats.get((bucket_prefix, typ))
         if bucket is None:
             bucket = stats[(bucket_prefix, typ)] = [0, 0, 0, -1, b"", 0, -1, b"", 0]
-            if script is not None and bucket_prefix is not None:
-                script.learn(bucket_prefix, typ)
+            types_seen.add(typ)
+            if bucket_prefix is not None and len(hinted) < HINTS:
+                hinted[bucket_prefix] = None
         return bucket
 
     async with no_touch_client(client) as (conn, no_touch):
         script = ReportScript(conn, count, samples, separator, depth) if use_script else None
+        scripted = script
         try:
             while True:
                 reply: list[Any] | None = None
@@ -202,6 +210,8 @@ async def memory_report(
                     reached = cursor != 0 or len(keys) > max_keys - scanned
                     keys = keys[: max_keys - scanned]
                 if script is not None and cursor != 0 and not reached:
+                    if script.batches % HINT_EVERY == 0:
+                        script.hints = type_hints(stats, hinted, types_seen)
                     await script.prefetch(cursor)
                 if keys:
                     if reply is None:
@@ -249,6 +259,7 @@ async def memory_report(
         finally:
             if script is not None:
                 await script.close()
+        misses = scripted.misses if scripted is not None else 0
         used_memory = int((await conn.info("memory")).get("used_memory", 0))
 
     total = sum(b[1] for b in stats.values())
@@ -266,6 +277,7 @@ async def memory_report(
         samples=samples,
         method="script" if use_script else "pipeline",
         no_touch=no_touch,
+        type_guess_misses=misses,
         elapsed_s=round(time.perf_counter() - started, 3),
         prefixes_tracked=len(prefixes),
         prefixes_overflowed=any(p is None for p, _ in stats),
