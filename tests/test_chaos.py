@@ -44,7 +44,7 @@ from bot.store import Store, open_store
 from tests.conftest import RedisServer, alert_payload, seed_platform, wait_for
 from tests.test_leases import REPO, Replica
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PLAYBOOKS = {
     "quick.yaml": "name: quick\nmatch: {alertname: ChaosQuick}\nsteps:\n  - {id: ping, run: redis.ping}\n",

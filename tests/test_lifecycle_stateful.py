@@ -952,6 +952,7 @@ def machine_settings(backend: str) -> settings:
     )
 
 
+@pytest.mark.slow  # 15 to 40 s per backend; `make test` runs it, `make test-fast` does not
 @pytest.mark.timeout(600)  # passes in ~15 s per backend; a failure is shrunk (Hypothesis stops after 5 min)
 def test_lifecycle_holds_its_invariants_under_random_events(
     redis_server: RedisServer, backend: str, request: pytest.FixtureRequest
