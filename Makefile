@@ -29,10 +29,11 @@ demo-ha: install  ## three replicas on PostgreSQL: one killed mid-incident, anot
 	$(BIN)/python -m bot.demo_ha
 
 # The suite runs on one pytest-xdist worker per core (TEST_WORKERS=1 for one process); each worker
-# starts its own redis-server, PostgreSQL and the rest, and a test file stays on one worker, so a
-# module's servers start once. A single file still runs alone: .venv/bin/python -m pytest tests/test_x.py
+# starts its own redis-server, PostgreSQL and the rest. A test file stays on one worker, so a
+# module's servers start once; files go out in collection order, the heavy ones first
+# (tests/conftest.py). A single file still runs alone: .venv/bin/python -m pytest tests/test_x.py
 TEST_WORKERS ?= auto
-XDIST = -n $(TEST_WORKERS) --dist loadfile
+XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: install  ## the full suite on one worker per core (real redis-server, PostgreSQL; end-to-end with Prometheus, Alertmanager)
 	$(BIN)/python -m pytest -q $(XDIST)

@@ -38,6 +38,17 @@ class RedisServer(localstack.RedisServer):
         return redis.Redis(port=self.port, db=db, socket_timeout=5)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with heavy tests (marked ``slow`` or ``e2e``) first, each file's tests in their order.
+
+    ``make test`` hands whole files to its workers in this order (``--dist loadfile
+    --no-loadscope-reorder``): started first, the long files run beside the many short ones
+    instead of leaving one worker alone with, say, the HA demo at the end of the run.
+    """
+    heavy = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.path not in heavy)  # stable: files and tests keep their order
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))
