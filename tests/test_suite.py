@@ -47,7 +47,7 @@ def test_make_test_fast_skips_e2e_and_slow_and_stops_at_the_first_failure() -> N
 def test_the_heavy_real_stack_tests_are_marked_slow() -> None:
     """What ``make test-fast`` leaves out of the files the README names, and what it keeps."""
     files = ["test_demo_ha.py", "test_chaos.py", "test_sentinel.py", "test_bench_smoke.py"]
-    files += ["test_e2e.py", "test_lifecycle_stateful.py"]
+    files += ["test_e2e.py", "test_lifecycle_stateful.py", "test_memory_estimate.py"]
     argv = ["--collect-only", "-q", "-p", "no:cacheprovider", "-m", "not e2e and not slow"]
     out = subprocess.run(
         [sys.executable, "-m", "pytest", *argv, *(f"tests/{f}" for f in files)],
@@ -64,10 +64,14 @@ def test_the_heavy_real_stack_tests_are_marked_slow() -> None:
     failover = (
         "tests/test_sentinel.py::test_a_failover_between_approval_and_execution_replans_on_the_new_primary"
     )
-    assert machine not in kept and failover not in kept, out.stdout
+    estimate = (
+        "tests/test_memory_estimate.py::test_estimate_on_a_million_keys_is_fast_and_within_three_points"
+    )
+    assert machine not in kept and failover not in kept and estimate not in kept, out.stdout
     # The quick tests of the same files stay in the fast run.
     assert "tests/test_sentinel.py::test_a_target_is_a_url_or_a_sentinel" in kept, out.stdout
     assert any(k.startswith("tests/test_lifecycle_stateful.py::test_a_") for k in kept), out.stdout
+    assert "tests/test_memory_estimate.py::test_the_eviction_plan_reuses_the_incidents_memory_report" in kept
 
 
 def test_the_session_servers_are_this_workers_own(
