@@ -1,4 +1,5 @@
-"""Shared fixtures: a real redis-server on a free loopback port, started once per test session."""
+"""Shared fixtures: a real redis-server on a free loopback port, started once per test session (so once
+per pytest-xdist worker: `make test` runs one per core, and nothing here is shared between them)."""
 
 from __future__ import annotations
 
