@@ -18,16 +18,18 @@ import time
 
 import redis
 
+# MEMORY USAGE at Redis's default of 5 samples, without the SAMPLES argument (the bot's report
+# leaves it out for 5 too): the cheapest form of the one command an exact report cannot skip.
 FLOOR_SCRIPT = """
 local out = {}
 for i = 1, #KEYS do
-  out[i] = redis.call('MEMORY', 'USAGE', KEYS[i], 'SAMPLES', ARGV[1])
+  out[i] = redis.call('MEMORY', 'USAGE', KEYS[i])
 end
 return out
 """
 
 
-def floor(url: str, count: int = 1000, samples: int = 5) -> dict[str, float]:
+def floor(url: str, count: int = 1000) -> dict[str, float]:
     client = redis.Redis.from_url(url, socket_timeout=60)
     client.ping()
     sha = client.script_load(FLOOR_SCRIPT)
@@ -36,7 +38,7 @@ def floor(url: str, count: int = 1000, samples: int = 5) -> dict[str, float]:
     while True:
         cursor, keys = client.scan(cursor, count=count)
         if keys:
-            client.evalsha(sha, len(keys), *keys, samples)
+            client.evalsha(sha, len(keys), *keys)
             keys_seen += len(keys)
             batches += 1
         if cursor == 0:

@@ -152,7 +152,7 @@ async def memory_report(
     keys and at most ``max_prefixes`` distinct prefixes are kept (later prefixes are lumped
     together), so memory stays flat whatever the key count. Side effect to know: TYPE and the length commands count as keyspace hits.
 
-    ``count`` is 500, not 1000: the script runs three commands per key, so a batch of 1000 held
+    ``count`` is 500, not 1000: the script runs two or three commands per key, so a batch of 1000 held
     Redis for up to 12 ms (a PING from another client waited that long); 500 keeps every script
     under 5 ms at the same total time (measured with ``python -m bench --only memory``).
     """
@@ -181,10 +181,12 @@ async def memory_report(
         bucket = stats.get((bucket_prefix, typ))
         if bucket is None:
             bucket = stats[(bucket_prefix, typ)] = [0, 0, 0, -1, b"", 0, -1, b"", 0]
+            if script is not None and bucket_prefix is not None:
+                script.learn(bucket_prefix, typ)
         return bucket
 
     async with no_touch_client(client) as (conn, no_touch):
-        script = ReportScript(conn, count, samples) if use_script else None
+        script = ReportScript(conn, count, samples, separator, depth) if use_script else None
         try:
             while True:
                 reply: list[Any] | None = None

@@ -207,6 +207,22 @@ def _migrate_v7(conn: sqlite3.Connection) -> None:
     _execute_script(conn, _V7_INDEXES)
 
 
+_ACTIONS = "('action.executed', 'breaker.reset')"
+_V8_INDEXES = f"""
+DROP INDEX IF EXISTS incidents_state;
+DROP INDEX IF EXISTS audit_target;
+DROP INDEX IF EXISTS audit_actions_by_target;
+CREATE INDEX audit_actions_by_target ON audit (target, kind, ts) WHERE kind IN {_ACTIONS};
+"""
+
+
+def _migrate_v8(conn: sqlite3.Connection) -> None:
+    """Every alert writes an incident and an audit row; two indexes held every one of them for
+    look-ups that only ever find a few: open incidents by state (``incidents_lease`` serves those:
+    same condition) and actions/breaker resets by target. About 40 us per notification each."""
+    _execute_script(conn, _V8_INDEXES)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_v1,
     _migrate_v2,
@@ -215,6 +231,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_v5,
     _migrate_v6,
     _migrate_v7,
+    _migrate_v8,
 )
 """Schema versions in order; ``PRAGMA user_version`` records how many have been applied."""
 
@@ -421,16 +438,18 @@ class SQLiteBase:
 
         def run() -> tuple[int, int]:
             reset = self.conn.execute(
-                "SELECT coalesce(max(ts), 0) FROM audit WHERE target = ? AND kind = 'breaker.reset'",
+                f"SELECT coalesce(max(ts), 0) FROM audit WHERE target = ? AND kind IN {_ACTIONS}"  # noqa: S608
+                " AND kind = 'breaker.reset'",
                 (target,),
             ).fetchone()[0]
             count = self.conn.execute(
-                "SELECT COUNT(*) FROM audit WHERE target = ? AND kind = 'action.executed' AND ts >= ?",
+                f"SELECT COUNT(*) FROM audit WHERE target = ? AND kind IN {_ACTIONS}"  # noqa: S608
+                " AND kind = 'action.executed' AND ts >= ?",
                 (target, max(since, reset)),
             ).fetchone()[0]
             failures = 0
             for r in self.conn.execute(
-                "SELECT detail FROM audit WHERE target = ? AND kind IN ('action.executed', 'breaker.reset')"
+                f"SELECT detail FROM audit WHERE target = ? AND kind IN {_ACTIONS}"  # noqa: S608
                 " ORDER BY id DESC LIMIT 50",
                 (target,),
             ):

@@ -8,11 +8,9 @@ from collections.abc import Sequence
 
 from bot.errors import NotFound
 from bot.incidents import Approval, Incident, StepRun
-from bot.lifecycle import OPEN
 from bot.store.records import approval_of, incident_of, step_run_of
+from bot.store.sqlite_base import _OPEN_STATES as _OPEN_SQL
 from bot.store.sqlite_base import SQLiteBase
-
-_OPEN = sorted(OPEN)
 
 
 class ReadsMixin(SQLiteBase):
@@ -55,10 +53,8 @@ class ReadsMixin(SQLiteBase):
         def run() -> list[Incident]:
             sql = "SELECT * FROM incidents"
             if open_only:
-                sql += f" WHERE state IN ({','.join('?' * len(_OPEN))})"
-            rows = self.conn.execute(
-                sql + " ORDER BY id DESC LIMIT ?", (*(_OPEN if open_only else []), limit)
-            )
+                sql += f" WHERE state IN {_OPEN_SQL}"  # word for word the partial index incidents_lease's
+            rows = self.conn.execute(sql + " ORDER BY id DESC LIMIT ?", (limit,))
             return [self._incident(r, steps) for r in rows.fetchall()]
 
         return await self._run(run)
@@ -89,7 +85,8 @@ class ReadsMixin(SQLiteBase):
 
         def run() -> list[int]:
             rows = self.conn.execute(
-                "SELECT id FROM incidents WHERE alert_status = 'firing' AND state IN ('new', 'diagnosing') ORDER BY id"
+                f"SELECT id FROM incidents WHERE state IN {_OPEN_SQL} AND alert_status = 'firing'"  # noqa: S608
+                " AND state IN ('new', 'diagnosing') ORDER BY id"
             ).fetchall()
             return [int(r["id"]) for r in rows]
 
