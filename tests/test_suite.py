@@ -35,6 +35,7 @@ def make_dry_run(target: str) -> list[str]:
 def test_make_test_runs_one_worker_per_core_a_file_per_worker() -> None:
     argv = make_dry_run("test")
     assert argv[argv.index("-n") + 1] == "auto" and argv[argv.index("--dist") + 1] == "loadfile"
+    assert "--no-loadscope-reorder" in argv, "files go out in collection order: the heavy ones first"
     assert "-m" not in argv, "make test runs every test"
 
 
@@ -86,3 +87,30 @@ def test_the_session_servers_are_this_workers_own(
     assert int((pg_server.data_dir / "postmaster.pid").read_text().split()[0]) == pg_server.proc.pid
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     assert Path(pg_url).name.startswith(f"test_{worker}_"), pg_url
+
+
+def test_files_with_heavy_tests_are_collected_first() -> None:
+    """The order ``make test`` hands files to its workers: a long file started last would leave one
+    worker running it alone at the end of the run."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_config.py",
+            "tests/test_demo_ha.py",
+            "tests/test_keypatterns.py",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    files = [ln.split("::")[0] for ln in out.stdout.splitlines() if "::" in ln]
+    order = list(dict.fromkeys(files))
+    assert order == ["tests/test_demo_ha.py", "tests/test_config.py", "tests/test_keypatterns.py"], out.stdout
