@@ -28,11 +28,18 @@ demo: install  ## the main job on the embedded default: no Slack, no external se
 demo-ha: install  ## three replicas on PostgreSQL: one killed mid-incident, another takes over, one execution
 	$(BIN)/python -m bot.demo_ha
 
-test: install  ## the full test suite (real redis-server; end-to-end with Prometheus and Alertmanager)
-	$(BIN)/python -m pytest -q
+# The suite runs on one pytest-xdist worker per core (TEST_WORKERS=1 for one process); each worker
+# starts its own redis-server, PostgreSQL and the rest. A test file stays on one worker, so a
+# module's servers start once; files go out in collection order, the heavy ones first
+# (tests/conftest.py). A single file still runs alone: .venv/bin/python -m pytest tests/test_x.py
+TEST_WORKERS ?= auto
+XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "not e2e" -x
+test: install  ## the full suite on one worker per core (real redis-server, PostgreSQL; end-to-end with Prometheus, Alertmanager)
+	$(BIN)/python -m pytest -q $(XDIST)
+
+test-fast: $(VENV)/.installed  ## the suite without the end-to-end and slow real-stack tests, stop at the first failure
+	$(BIN)/python -m pytest -q $(XDIST) -m "not e2e and not slow" -x
 
 lint: $(VENV)/.installed  ## ruff, ruff format --check, mypy --strict, hadolint
 	$(BIN)/ruff check .

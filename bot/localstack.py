@@ -169,7 +169,7 @@ class Process:
                 time.sleep(0.05)
             tail = self.log_tail()
             self.stop()
-            if attempt == 1 and "address already in use" in tail:
+            if attempt == 1 and "address already in use" in tail.lower():  # redis says "Address"
                 self.port = free_port()
                 continue
             raise RuntimeError(

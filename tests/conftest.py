@@ -1,4 +1,5 @@
-"""Shared fixtures: a real redis-server on a free loopback port, started once per test session."""
+"""Shared fixtures: a real redis-server on a free loopback port, started once per test session (so once
+per pytest-xdist worker: `make test` runs one per core, and nothing here is shared between them)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,17 @@ class RedisServer(localstack.RedisServer):
 
     def sync_client(self, db: int = 0) -> redis.Redis:
         return redis.Redis(port=self.port, db=db, socket_timeout=5)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with heavy tests (marked ``slow`` or ``e2e``) first, each file's tests in their order.
+
+    ``make test`` hands whole files to its workers in this order (``--dist loadfile
+    --no-loadscope-reorder``): started first, the long files run beside the many short ones
+    instead of leaving one worker alone with, say, the HA demo at the end of the run.
+    """
+    heavy = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.path not in heavy)  # stable: files and tests keep their order
 
 
 @pytest.fixture(scope="session")

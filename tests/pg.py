@@ -1,9 +1,9 @@
 """A real PostgreSQL for the tests, and the store fixtures that run the contract on both backends.
 
-One server per test session (Debian's ``postgresql`` binaries, a free loopback port, a folder under
-/tmp, ``fsync=off``; as root it runs as the ``postgres`` user: see :mod:`bot.localpg`), one fresh
-database per test. Without the binaries the PostgreSQL half of each parametrised test is skipped
-with the reason; the SQLite half still runs.
+One server per test session, so one per pytest-xdist worker (Debian's ``postgresql`` binaries, a
+free loopback port, a folder of its own under /tmp, ``fsync=off``; as root it runs as the
+``postgres`` user: see :mod:`bot.localpg`), one fresh database per test. Without the binaries the
+PostgreSQL half of each parametrised test is skipped with the reason; the SQLite half still runs.
 
 Fixtures (imported by ``tests/conftest.py``):
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -39,6 +40,9 @@ from bot.store import Store, open_store
 
 BACKENDS = ("sqlite", "postgres")
 _databases = itertools.count(1)
+# Each pytest-xdist worker is a process with its own counter and its own server, so the counter alone
+# is unique per server; the worker's name in it keeps names unique should a server ever be shared.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +60,7 @@ def pg_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 def pg_url(pg_server: PostgresServer) -> Iterator[str]:
-    name = f"test_{next(_databases)}"
+    name = f"test_{_WORKER}_{next(_databases)}"
     url = pg_server.create_database(name)
     yield url
     pg_server.drop_database(name)

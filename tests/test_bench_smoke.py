@@ -11,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # each runs the benchmark harness's servers: about 15 s
 
 
 def test_quick_bench_prints_the_memory_targets_with_baselines_and_verdicts(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.slow,
     pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or ""),
 ]
 

@@ -28,7 +28,7 @@ from bot.localstack import Prometheus, RedisServer, Stack, fast_rules, free_port
 from bot.store import Store
 from tests.conftest import RecordingNotifier, seed_platform
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(150)]
 RULES = (Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "redis-alerts.yml").read_text()
 TOKEN = "e2e-token"
 

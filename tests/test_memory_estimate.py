@@ -39,6 +39,7 @@ def million(make_redis: Any) -> RedisServer:
     return server
 
 
+@pytest.mark.slow  # a million keys written for it: about 8 s
 async def test_estimate_on_a_million_keys_is_fast_and_within_three_points(million: RedisServer) -> None:
     target = RedisTarget(name="big", url=million.url)
     try:
@@ -65,6 +66,7 @@ async def test_estimate_on_a_million_keys_is_fast_and_within_three_points(millio
     assert "(estimate from 10,000 random keys of 1,000,000, 0." in est.summary
 
 
+@pytest.mark.slow  # a million keys written for it: about 8 s
 async def test_a_drawn_big_key_is_counted_once_not_multiplied(million: RedisServer) -> None:
     """A sample of 10,000 of a million keys that happens to draw an 8 MiB key (about one estimate
     in a hundred does, for each such key) would count it a hundred times; it is counted once,

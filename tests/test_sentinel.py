@@ -49,6 +49,7 @@ def calls(server_client: redis.Redis, command: str) -> int:
     return int(server_client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
+@pytest.mark.slow  # a real Sentinel failover: about 15 s
 async def test_a_failover_between_approval_and_execution_replans_on_the_new_primary(
     tmp_path: Path, sentinel_setup: SentinelSetup
 ) -> None:
