@@ -84,3 +84,12 @@ async def test_partial_indexes_serve_their_queries(tmp_path: Path) -> None:
         assert "handled" in found_open, "the open incident is listed, the unmatched ones are not"
     finally:
         conn.close()
+
+
+def test_the_open_states_of_the_sql_are_the_lifecycles() -> None:
+    """The partial index's condition is fixed in a migration; the reads repeat it word for word.
+    If the lifecycle gains an open state, this fails before open incidents go missing."""
+    from bot.lifecycle import OPEN
+    from bot.store.sqlite_base import OPEN_STATES_SQL
+
+    assert {s.strip(" '") for s in OPEN_STATES_SQL.strip("()").split(",")} == {str(s) for s in OPEN}

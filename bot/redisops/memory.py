@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -167,10 +168,9 @@ async def memory_report(
     # (prefix, type) -> [keys, bytes, elements, biggest by bytes: bytes, key, elements,
     #                     biggest by elements: elements, key, bytes]; prefix None = over max_prefixes.
     stats: dict[tuple[bytes | None, bytes], list[Any]] = {}
-    prefixes: set[bytes] = set()
+    prefixes: dict[bytes, None] = {}  # in the order met: the first HINTS are the script's type guesses
     heap: list[tuple[int, bytes, bytes, int]] = []
     heap_floor = -1  # keys smaller than this cannot enter the full heap
-    hinted: dict[bytes, None] = {}  # the first HINTS prefixes met, whose type the script may guess
     types_seen: set[bytes] = set()
     scanned = vanished = 0
     next_progress = progress_every
@@ -183,13 +183,11 @@ async def memory_report(
             if len(prefixes) >= max_prefixes:
                 bucket_prefix = None
             else:
-                prefixes.add(prefix)
+                prefixes[prefix] = None
         bucket = stats.get((bucket_prefix, typ))
         if bucket is None:
             bucket = stats[(bucket_prefix, typ)] = [0, 0, 0, -1, b"", 0, -1, b"", 0]
             types_seen.add(typ)
-            if bucket_prefix is not None and len(hinted) < HINTS:
-                hinted[bucket_prefix] = None
         return bucket
 
     async with no_touch_client(client) as (conn, no_touch):
@@ -211,7 +209,7 @@ async def memory_report(
                     keys = keys[: max_keys - scanned]
                 if script is not None and cursor != 0 and not reached:
                     if script.batches % HINT_EVERY == 0:
-                        script.hints = type_hints(stats, hinted, types_seen)
+                        script.hints = type_hints(stats, islice(prefixes, HINTS), types_seen)
                     await script.prefetch(cursor)
                 if keys:
                     if reply is None:

@@ -186,16 +186,16 @@ def _migrate_v6(conn: sqlite3.Connection) -> None:
     )
 
 
-_OPEN_STATES = "('new', 'diagnosing', 'awaiting_approval', 'remediating')"
+OPEN_STATES_SQL = "('new', 'diagnosing', 'awaiting_approval', 'remediating')"
 _V7_INDEXES = f"""
 DROP INDEX IF EXISTS incidents_open_by_target;
 DROP INDEX IF EXISTS incidents_firing_by_target;
 DROP INDEX IF EXISTS incidents_lease;
 CREATE INDEX incidents_open_by_target ON incidents (target, playbook, state)
-    WHERE state IN {_OPEN_STATES};
+    WHERE state IN {OPEN_STATES_SQL};
 CREATE INDEX incidents_firing_by_target ON incidents (target, alertname, alert_status)
     WHERE alert_status = 'firing' AND state NOT IN ('unmatched', 'merged');
-CREATE INDEX incidents_lease ON incidents (state, lease_until) WHERE state IN {_OPEN_STATES};
+CREATE INDEX incidents_lease ON incidents (state, lease_until) WHERE state IN {OPEN_STATES_SQL};
 """
 
 

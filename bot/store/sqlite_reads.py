@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from bot.errors import NotFound
 from bot.incidents import Approval, Incident, StepRun
 from bot.store.records import approval_of, incident_of, step_run_of
-from bot.store.sqlite_base import _OPEN_STATES as _OPEN_SQL
-from bot.store.sqlite_base import SQLiteBase
+from bot.store.sqlite_base import OPEN_STATES_SQL, SQLiteBase
 
 
 class ReadsMixin(SQLiteBase):
@@ -53,7 +52,9 @@ class ReadsMixin(SQLiteBase):
         def run() -> list[Incident]:
             sql = "SELECT * FROM incidents"
             if open_only:
-                sql += f" WHERE state IN {_OPEN_SQL}"  # word for word the partial index incidents_lease's
+                sql += (
+                    f" WHERE state IN {OPEN_STATES_SQL}"  # word for word the partial index incidents_lease's
+                )
             rows = self.conn.execute(sql + " ORDER BY id DESC LIMIT ?", (limit,))
             return [self._incident(r, steps) for r in rows.fetchall()]
 
@@ -85,7 +86,7 @@ class ReadsMixin(SQLiteBase):
 
         def run() -> list[int]:
             rows = self.conn.execute(
-                f"SELECT id FROM incidents WHERE state IN {_OPEN_SQL} AND alert_status = 'firing'"  # noqa: S608
+                f"SELECT id FROM incidents WHERE state IN {OPEN_STATES_SQL} AND alert_status = 'firing'"  # noqa: S608
                 " AND state IN ('new', 'diagnosing') ORDER BY id"
             ).fetchall()
             return [int(r["id"]) for r in rows]
